@@ -1,0 +1,16 @@
+"""Pick the bus backend by URL; embedded mode never imports redis."""
+
+from __future__ import annotations
+
+from app.bus.base import Bus
+from app.bus.memory import InMemoryBus
+
+
+def create_bus(url: str | None, **options: object) -> Bus:
+    if url is None or url.startswith("memory://"):
+        return InMemoryBus()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from app.bus.redis_streams import RedisStreamsBus
+
+        return RedisStreamsBus(url, **options)  # type: ignore[arg-type]
+    raise ValueError(f"unsupported bus URL scheme: {url.split(':', 1)[0]}")

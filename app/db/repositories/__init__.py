@@ -1,0 +1,1 @@
+"""Data access: one repository per aggregate, each wrapping an AsyncSession."""

@@ -1,0 +1,116 @@
+"""Messages: seq allocation in the storing transaction, history and unread queries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, exists, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.models import Group, GroupMember, Message, ReadMark
+
+
+class MessageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def next_seq(self, *, group_id: str, sender_id: str) -> int | None:
+        """Take the group's next seq, or None when the sender is not a member.
+
+        The row lock taken by this UPDATE serialises concurrent senders of one group until
+        the transaction ends, so seqs are consecutive: no gap, no duplicate.
+        """
+        is_member = exists().where(
+            GroupMember.group_id == group_id, GroupMember.user_id == sender_id
+        )
+        return await self.session.scalar(
+            update(Group)
+            .where(Group.id == group_id, is_member)
+            .values(last_seq=Group.last_seq + 1)
+            .returning(Group.last_seq)
+        )
+
+    async def append(
+        self,
+        *,
+        group_id: str,
+        seq: int,
+        sender_id: str,
+        sender_name: str,
+        msg_type: int,
+        content: str,
+        image_url: str,
+        client_msg_id: str | None,
+        created_at: datetime | None = None,
+    ) -> Message:
+        message = Message(
+            id=str(uuid.uuid4()),
+            group_id=group_id,
+            seq=seq,
+            sender_id=sender_id,
+            sender_name=sender_name,
+            msg_type=msg_type,
+            content=content,
+            image_url=image_url,
+            client_msg_id=client_msg_id,
+            created_at=created_at or utcnow(),
+        )
+        self.session.add(message)
+        await self.session.flush()
+        return message
+
+    async def by_client_id(
+        self, *, group_id: str, sender_id: str, client_msg_id: str
+    ) -> Message | None:
+        return await self.session.scalar(
+            select(Message).where(
+                Message.group_id == group_id,
+                Message.sender_id == sender_id,
+                Message.client_msg_id == client_msg_id,
+            )
+        )
+
+    async def after_seq(self, *, group_id: str, after_seq: int, limit: int) -> list[Message]:
+        rows = await self.session.scalars(
+            select(Message)
+            .where(Message.group_id == group_id, Message.seq > after_seq)
+            .order_by(Message.seq)
+            .limit(limit)
+        )
+        return list(rows)
+
+    async def before_seq(
+        self, *, group_id: str, before_seq: int | None, limit: int
+    ) -> list[Message]:
+        """The `limit` messages just before `before_seq` (or the latest), ascending."""
+        query = select(Message).where(Message.group_id == group_id)
+        if before_seq is not None:
+            query = query.where(Message.seq < before_seq)
+        rows = await self.session.scalars(query.order_by(Message.seq.desc()).limit(limit))
+        return list(reversed(list(rows)))
+
+    async def unread_for(
+        self, *, user_id: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Message]:
+        """Messages of the user's groups past its read mark, sent by others, oldest first."""
+        mark = func.coalesce(ReadMark.last_read_seq, 0)
+        query = (
+            select(Message)
+            .join(
+                GroupMember,
+                and_(GroupMember.group_id == Message.group_id, GroupMember.user_id == user_id),
+            )
+            .outerjoin(
+                ReadMark,
+                and_(ReadMark.group_id == Message.group_id, ReadMark.user_id == user_id),
+            )
+            .where(Message.seq > mark, Message.sender_id != user_id)
+            .order_by(Message.created_at, Message.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tuple_(Message.created_at, Message.id) > tuple_(*after))
+        rows = await self.session.scalars(query)
+        return list(rows)

@@ -1,0 +1,70 @@
+"""Per-user notifications, listed newest first with keyset cursors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.db.models import Notification
+
+
+class NotificationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_many(
+        self, *, user_ids: Sequence[str], type: str, title: str, content: str
+    ) -> list[Notification]:
+        now = utcnow()
+        rows = [
+            Notification(
+                id=str(uuid.uuid4()),
+                user_id=user_id,
+                type=type,
+                title=title,
+                content=content,
+                created_at=now,
+            )
+            for user_id in dict.fromkeys(user_ids)
+        ]
+        self.session.add_all(rows)
+        await self.session.flush()
+        return rows
+
+    async def page(
+        self,
+        *,
+        user_id: str,
+        unread_only: bool,
+        limit: int,
+        before: tuple[datetime, str] | None,
+    ) -> list[Notification]:
+        query = select(Notification).where(Notification.user_id == user_id)
+        if unread_only:
+            query = query.where(Notification.read_at.is_(None))
+        if before is not None:
+            query = query.where(tuple_(Notification.created_at, Notification.id) < tuple_(*before))
+        query = query.order_by(Notification.created_at.desc(), Notification.id.desc()).limit(limit)
+        return list(await self.session.scalars(query))
+
+    async def mark_read(self, *, user_id: str, notification_id: str) -> Notification | None:
+        row = await self.session.get(Notification, notification_id)
+        if row is None or row.user_id != user_id:
+            return None
+        if row.read_at is None:
+            row.read_at = utcnow()
+            await self.session.flush()
+        return row
+
+    async def mark_all_read(self, *, user_id: str) -> int:
+        result = await self.session.execute(
+            update(Notification)
+            .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+            .values(read_at=utcnow())
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,133 @@
+"""Application factory: the lifespan wires engine, bus, presence and hub, in that order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.routing import WebSocketRoute
+
+from app import __version__
+from app.api.errors import install_error_handlers
+from app.api.routes import groups, health, messages, notifications, ws
+from app.bus import create_bus
+from app.config import Settings, get_settings
+from app.db.migrate import upgrade_async
+from app.db.session import make_engine, make_sessionmaker
+from app.realtime.handlers import Runtime
+from app.realtime.hub import Hub
+from app.realtime.presence import MemoryPresence, Presence
+from app.realtime.ratelimit import TokenBuckets, WindowCounter
+from app.services.context import ServiceContext
+
+log = logging.getLogger("app")
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    shutting_down: bool = False
+
+
+def make_presence(settings: Settings) -> Presence:
+    if settings.REDIS_URL is None:
+        return MemoryPresence()
+    from app.realtime.redis_presence import RedisPresence
+
+    return RedisPresence(settings.REDIS_URL, ttl=settings.PRESENCE_TTL)
+
+
+def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    lifecycle = lifecycle or Lifecycle()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if settings.is_dev and settings.JWT_SECRET == "change-me":
+            log.warning("JWT_SECRET is the development default: embedded/dev mode only")
+        engine = make_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE)
+        if settings.embedded:
+            await upgrade_async(settings.database_url)
+        bus = create_bus(settings.REDIS_URL)
+        await bus.connect()
+        ctx = ServiceContext(settings=settings, sessions=make_sessionmaker(engine), bus=bus)
+        presence = make_presence(settings)
+
+        async def fetch_after(group_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+            async with ctx.session() as session:
+                from app.db.repositories.messages import MessageRepository
+                from app.schemas.events import message_data
+
+                rows = await MessageRepository(session).after_seq(
+                    group_id=group_id, after_seq=after_seq, limit=limit
+                )
+                return [message_data(m) for m in rows]
+
+        hub = Hub(
+            fetch_after=fetch_after,
+            service=settings.SERVICE_NAME,
+            gap_delay=settings.GAP_FILL_DELAY,
+        )
+        runtime = Runtime(
+            ctx=ctx,
+            hub=hub,
+            presence=presence,
+            send_buckets=TokenBuckets(
+                settings.RATE_LIMIT_MESSAGES_PER_SECOND, settings.RATE_LIMIT_BURST
+            ),
+        )
+        streams = (settings.STREAM_MESSAGES, settings.STREAM_NOTIFICATIONS, settings.STREAM_EVENTS)
+        hub_task = asyncio.create_task(hub.run(bus, streams), name="hub")
+        log.info(
+            "CampusHub Realtime %s up: %s storage, %s bus",
+            __version__,
+            "SQLite (embedded)" if settings.embedded else "Postgres",
+            "in-process" if settings.REDIS_URL is None else "Redis Streams",
+        )
+        try:
+            yield {
+                "ctx": ctx,
+                "hub": hub,
+                "runtime": runtime,
+                "presence": presence,
+                "lifecycle": lifecycle,
+                "ip_limiter": WindowCounter(settings.WS_CONNECT_RATE_PER_IP),
+                "trusted_proxies": ws.trusted_networks(settings),
+            }
+        finally:
+            lifecycle.shutting_down = True
+            await hub.close_all(1012, "server restart", timeout=settings.WS_SHUTDOWN_TIMEOUT)
+            hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await hub_task
+            await presence.close()
+            await bus.disconnect()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="CampusHub Realtime",
+        version=__version__,
+        summary="Group chat, notifications and presence pushed over WebSocket, with REST.",
+        description=(
+            "REST companion of the `/ws` WebSocket protocol. Every `/api/v1` route takes "
+            '`Authorization: Bearer <JWT>`; errors are `{"detail": ...}`.'
+        ),
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    api = "/api/v1"
+    app.include_router(groups.router, prefix=api)
+    app.include_router(messages.router, prefix=api)
+    app.include_router(notifications.router, prefix=api)
+    app.include_router(health.router)
+    app.router.routes.append(WebSocketRoute("/ws", ws.WebSocketEndpoint()))
+    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, include_in_schema=False
+    )
+    return app

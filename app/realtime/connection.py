@@ -1,0 +1,227 @@
+"""One client connection: identity, subscriptions, a bounded send queue and its writer."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+from collections import deque
+
+from app.realtime.transport import Transport, TransportClosed
+
+log = logging.getLogger("app.realtime")
+
+_ids = itertools.count(1)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_TRY_LATER = 1013
+CLOSE_TOKEN_EXPIRED = 4001
+
+
+class ConnState(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"
+    AUTHENTICATED = "authenticated"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """A client socket as the hub sees it.
+
+    `push` never awaits: it appends to a bounded deque and wakes the writer, which drains
+    everything queued in one go per event-loop turn. A full queue closes the connection with
+    1013 (the client recovers by resuming), so one slow client never holds up the others.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_drained",
+        "_expiry",
+        "_wakeup",
+        "_writer",
+        "close_code",
+        "expires_at",
+        "floors",
+        "groups",
+        "holds",
+        "id",
+        "limit",
+        "name",
+        "queue",
+        "remote",
+        "state",
+        "transport",
+        "user_id",
+        "write_timeout",
+    )
+
+    def __init__(
+        self, transport: Transport, *, queue_limit: int, write_timeout: float, remote: str = ""
+    ) -> None:
+        self.id = f"c{next(_ids)}"
+        self.transport = transport
+        self.remote = remote
+        self.limit = queue_limit
+        self.write_timeout = write_timeout
+        self.state = ConnState.AWAITING_AUTH
+        self.user_id: str | None = None
+        self.name: str = ""
+        self.expires_at: int = 0
+        self.groups: set[str] = set()
+        # Replay bookkeeping (resume/sync): live frames held while a group replays, and the
+        # last replayed seq below which live frames are duplicates.
+        self.holds: dict[str, list[tuple[int, str]]] = {}
+        self.floors: dict[str, int] = {}
+        self.queue: deque[str] = deque()
+        self.close_code: int | None = None
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closed = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id} {self.state.value}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ConnState.AWAITING_AUTH or self.state is ConnState.AUTHENTICATED
+
+    # -- sending -------------------------------------------------------------------------
+
+    def push(self, frame: str) -> bool:
+        """Queue a frame without waiting; False (and a 1013 close) when the queue is full."""
+        if not self.is_open:
+            return False
+        queue = self.queue
+        if len(queue) >= self.limit:
+            self.close_soon(CLOSE_TRY_LATER, "send queue overflow: resume to catch up")
+            return False
+        queue.append(frame)
+        if len(queue) == 1:
+            self._wakeup.set()
+            self._drained.clear()
+        return True
+
+    def push_replay(self, frame: str) -> None:
+        """Queue a replayed frame; a replay never trips the slow-consumer limit (SPEC §11)."""
+        if self.is_open:
+            self.queue.append(frame)
+            self._wakeup.set()
+            self._drained.clear()
+
+    def push_message(self, group_id: str, seq: int, frame: str) -> None:
+        """Live group message: held during a replay, dropped when the replay covered it."""
+        held = self.holds.get(group_id) if self.holds else None
+        if held is not None:
+            held.append((seq, frame))
+            return
+        if self.floors:
+            floor = self.floors.get(group_id)
+            if floor is not None:
+                if seq <= floor:
+                    return
+                del self.floors[group_id]
+        self.push(frame)
+
+    def start_writer(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        queue = self.queue
+        send = self.transport.send_text
+        try:
+            while self.is_open:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                async with asyncio.timeout(self.write_timeout):
+                    while queue:
+                        await send(queue.popleft())
+                self._drained.set()
+        except TimeoutError:
+            self.close_soon(CLOSE_TRY_LATER, "write timeout")
+        except TransportClosed:
+            self.close_soon(1006, "")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("[WS] writer of %s failed", self.id)
+            self.close_soon(1011, "internal error")
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until the writer has sent what is queued, before a deliberate close."""
+        if self._writer is None or self._writer.done():
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            pass
+
+    # -- token expiry ----------------------------------------------------------------------
+
+    def set_expiry(self, expires_at: int) -> None:
+        """(Re)arm the timer that closes with 4001 when the token expires unrefreshed."""
+        self.expires_at = expires_at
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = loop.call_later(delay, self.close_soon, CLOSE_TOKEN_EXPIRED, "token expired")
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close_soon(self, code: int, reason: str = "") -> None:
+        """Start closing from synchronous code (fan-out, timers); idempotent."""
+        if not self.is_open:
+            return
+        self.state = ConnState.CLOSING
+        self.close_code = code
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
+        if not self.is_open:
+            await self._closed.wait()
+            return
+        if flush:
+            await self.flush()
+        self.state = ConnState.CLOSING
+        self.close_code = code
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        self.queue.clear()
+        try:
+            await self.transport.close(code, reason)
+        except Exception:  # the socket may already be gone
+            pass
+        self.state = ConnState.CLOSED
+        self._closed.set()
+
+    def mark_closed(self, code: int) -> None:
+        """The peer closed first."""
+        if self.close_code is None:
+            self.close_code = code
+        if self.state is not ConnState.CLOSED:
+            self.state = ConnState.CLOSING
+            if self._expiry is not None:
+                self._expiry.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
+            self.state = ConnState.CLOSED
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()

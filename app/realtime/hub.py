@@ -1,0 +1,341 @@
+"""The hub: registry of connections by user and group, and in-order fan-out of bus events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from app import metrics
+from app.bus.base import Bus, BusEvent
+from app.realtime import frames
+from app.realtime.connection import Connection
+from app.schemas import events
+
+log = logging.getLogger("app.realtime.hub")
+
+FetchAfter = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
+GAP_FILL_BATCH = 500
+
+
+class Channel:
+    """One group's live stream on this instance: members, and the next seq to deliver.
+
+    Two concurrent sends can reach the bus out of seq order (and across instances they often
+    do); the channel holds early arrivals until the missing seq comes, so every member sees
+    each message once, in strictly increasing seq order. A gap that outlives `gap_delay` is
+    filled from the database.
+    """
+
+    __slots__ = ("expected", "filling", "group_id", "members", "pending", "timer")
+
+    def __init__(self, group_id: str, last_seq: int) -> None:
+        self.group_id = group_id
+        self.expected = last_seq + 1
+        self.members: set[Connection] = set()
+        self.pending: dict[int, str] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.filling = False
+
+
+class Hub:
+    """Connections by user and by group, fed from the bus.
+
+    Args:
+        fetch_after: loads up to N stored messages of a group after a seq (gap filling).
+        service: the `service` label of the metrics.
+        gap_delay: seconds a seq gap may last before it is filled from the database.
+    """
+
+    def __init__(self, *, fetch_after: FetchAfter, service: str, gap_delay: float = 0.5) -> None:
+        self.fetch_after = fetch_after
+        self.service = service
+        self.gap_delay = gap_delay
+        self.connections: set[Connection] = set()
+        self.by_user: dict[str, set[Connection]] = {}
+        self.channels: dict[str, Channel] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.last_event_at = time.monotonic()
+        self._m_connections = metrics.CONNECTIONS.labels(service)
+        self._m_online = metrics.ONLINE_USERS.labels(service)
+        self._m_send = metrics.MESSAGES.labels("send", service)
+        self._m_lag = metrics.FANOUT_LAG.labels(service)
+        self._m_replayed = metrics.REPLAYED.labels(service)
+        self._m_duration = metrics.MESSAGE_DURATION.labels("send", service)
+        self.stall_timeout: float | None = None
+
+    # -- registry --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def register(self, conn: Connection) -> AsyncIterator[Connection]:
+        """Track `conn` for its lifetime; everything it subscribed is undone on exit."""
+        self.connections.add(conn)
+        self._m_connections.inc()
+        try:
+            yield conn
+        finally:
+            self.connections.discard(conn)
+            self._m_connections.dec()
+            for group_id in tuple(conn.groups):
+                self.unsubscribe(conn, group_id)
+            if conn.user_id is not None:
+                peers = self.by_user.get(conn.user_id)
+                if peers is not None:
+                    peers.discard(conn)
+                    if not peers:
+                        del self.by_user[conn.user_id]
+                        self._m_online.set(len(self.by_user))
+
+    def attach_user(self, conn: Connection) -> None:
+        assert conn.user_id is not None
+        peers = self.by_user.setdefault(conn.user_id, set())
+        peers.add(conn)
+        self._m_online.set(len(self.by_user))
+
+    def subscribe(
+        self, conn: Connection, group_id: str, *, last_seq: int, floor: int | None
+    ) -> None:
+        """Deliver `group_id` live to `conn` from now on; frames with seq <= floor are skipped."""
+        channel = self.channels.get(group_id)
+        if channel is None:
+            channel = self.channels[group_id] = Channel(group_id, last_seq)
+        channel.members.add(conn)
+        conn.groups.add(group_id)
+        if floor is not None:
+            conn.floors[group_id] = floor
+        else:
+            conn.floors.pop(group_id, None)
+
+    def unsubscribe(self, conn: Connection, group_id: str) -> None:
+        conn.groups.discard(group_id)
+        conn.floors.pop(group_id, None)
+        conn.holds.pop(group_id, None)
+        channel = self.channels.get(group_id)
+        if channel is None:
+            return
+        channel.members.discard(conn)
+        if not channel.members:
+            if channel.timer is not None:
+                channel.timer.cancel()
+            del self.channels[group_id]
+
+    def user_connections(self, user_id: str) -> Iterable[Connection]:
+        return tuple(self.by_user.get(user_id, ()))
+
+    @property
+    def online_user_ids(self) -> set[str]:
+        return set(self.by_user)
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def deliver(self, event: BusEvent) -> None:
+        """Route one bus event to local connections; never awaits a client."""
+        self.last_event_at = time.monotonic()
+        kind = event.kind
+        try:
+            if kind == events.MESSAGE:
+                self._on_message(event.data)
+            elif kind == events.NOTIFICATION:
+                self._on_notification(event.data)
+            elif kind == events.MEMBERSHIP:
+                self._on_membership(event.data)
+            elif kind == events.READ:
+                self._on_read(event.data)
+            elif kind != "canary":
+                log.warning("[WS] unknown bus event kind %r dropped", kind)
+                return
+        except (KeyError, TypeError, ValueError):
+            log.exception("[WS] malformed %s event dropped", kind)
+            return
+        if event.published_at is not None:
+            self._m_lag.observe(max(0.0, time.time() - event.published_at))
+
+    def _on_message(self, data: dict[str, Any]) -> None:
+        channel = self.channels.get(data["group_id"])
+        if channel is None:
+            return
+        seq = int(data["seq"])
+        if seq < channel.expected:
+            return  # already delivered (duplicate entry) or before this channel started
+        frame = frames.new_message(data)
+        if seq > channel.expected:
+            channel.pending[seq] = frame
+            self._arm_gap_timer(channel)
+            return
+        self._emit(channel, seq, frame)
+        self._drain_pending(channel)
+
+    def _emit(self, channel: Channel, seq: int, frame: str) -> None:
+        group_id = channel.group_id
+        for conn in channel.members:
+            conn.push_message(group_id, seq, frame)
+        channel.expected = seq + 1
+        self._m_send.inc(len(channel.members))
+
+    def _drain_pending(self, channel: Channel) -> None:
+        pending = channel.pending
+        while pending:
+            frame = pending.pop(channel.expected, None)
+            if frame is None:
+                break
+            self._emit(channel, channel.expected, frame)
+        if not pending and channel.timer is not None:
+            channel.timer.cancel()
+            channel.timer = None
+
+    def _arm_gap_timer(self, channel: Channel) -> None:
+        if channel.timer is None and not channel.filling:
+            loop = asyncio.get_running_loop()
+            channel.timer = loop.call_later(self.gap_delay, self._start_fill, channel)
+
+    def _start_fill(self, channel: Channel) -> None:
+        channel.timer = None
+        if self.channels.get(channel.group_id) is not channel or not channel.pending:
+            return
+        channel.filling = True
+        self._spawn(self._fill_gap(channel))
+
+    async def _fill_gap(self, channel: Channel) -> None:
+        """Load the missing seqs from the database; skip ahead only if they do not exist."""
+        try:
+            upto = min(channel.pending)
+            count = min(upto - channel.expected, GAP_FILL_BATCH)
+            rows = await self.fetch_after(channel.group_id, channel.expected - 1, count)
+            for data in rows:
+                seq = int(data["seq"])
+                if seq < channel.expected:
+                    continue  # delivered live while the query ran
+                channel.pending.pop(seq, None)
+                self._emit(channel, seq, frames.new_message(data))
+            if not rows and channel.pending and min(channel.pending) > channel.expected:
+                log.warning(
+                    "[WS] group %s: seqs %d..%d missing from storage, skipping",
+                    channel.group_id,
+                    channel.expected,
+                    min(channel.pending) - 1,
+                )
+                channel.expected = min(channel.pending)
+            self._drain_pending(channel)
+        except Exception:
+            log.exception("[WS] gap fill for group %s failed; will retry", channel.group_id)
+        finally:
+            channel.filling = False
+            if channel.pending and self.channels.get(channel.group_id) is channel:
+                self._arm_gap_timer(channel)
+
+    def _on_notification(self, data: dict[str, Any]) -> None:
+        peers = self.by_user.get(data["user_id"])
+        if not peers:
+            return
+        body = {k: v for k, v in data.items() if k != "user_id"}
+        frame = frames.notification(body)
+        for conn in peers:
+            conn.push(frame)
+        self._m_send.inc(len(peers))
+
+    def _on_membership(self, data: dict[str, Any]) -> None:
+        group_id, user_id = data["group_id"], data["user_id"]
+        last_seq = int(data["last_seq"])
+        for conn in self.user_connections(user_id):
+            if not conn.is_open or conn.user_id is None:
+                continue
+            if data["added"]:
+                if group_id not in conn.groups:
+                    self.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+            else:
+                self.unsubscribe(conn, group_id)
+
+    def _on_read(self, data: dict[str, Any]) -> None:
+        peers = self.by_user.get(data["user_id"])
+        if not peers:
+            return
+        frame = frames.encode(
+            "read_update",
+            {"group_id": data["group_id"], "last_read_seq": data["last_read_seq"]},
+        )
+        origin = data.get("origin")
+        for conn in peers:
+            if conn.id != origin:
+                conn.push(frame)
+
+    # -- replay (resume / sync) ------------------------------------------------------------
+
+    def hold(self, conn: Connection, group_id: str) -> None:
+        """Hold live frames of a group the connection is subscribed to while it replays."""
+        if group_id in conn.groups:
+            conn.holds.setdefault(group_id, [])
+
+    def release(self, conn: Connection, group_id: str, replayed_upto: int) -> None:
+        """Send held live frames past the replay and drop later duplicates of it."""
+        held = conn.holds.pop(group_id, None)
+        if group_id not in conn.groups:
+            return
+        floor = max(replayed_upto, conn.floors.get(group_id, replayed_upto))
+        conn.floors[group_id] = floor
+        for seq, frame in held or ():
+            conn.push_message(group_id, seq, frame)
+
+    async def replay(
+        self, conn: Connection, group_id: str, *, after_seq: int, limit: int
+    ) -> tuple[int, bool]:
+        """Push stored messages after `after_seq` (at most `limit`), seamlessly joined to the
+        live stream. Returns (last seq sent or after_seq, has_more)."""
+        self.hold(conn, group_id)
+        last = after_seq
+        try:
+            rows = await self.fetch_after(group_id, after_seq, limit + 1)
+            has_more = len(rows) > limit
+            for data in rows[:limit]:
+                conn.push_replay(frames.new_message(data))
+                last = int(data["seq"])
+            self._m_replayed.inc(min(len(rows), limit))
+        finally:
+            self.release(conn, group_id, last)
+        return last, has_more
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self, bus: Bus, streams: Iterable[str]) -> None:
+        """Consume every stream until cancelled; a bad event is logged and dropped."""
+        async with asyncio.TaskGroup() as group:
+            for stream in streams:
+                group.create_task(self._consume(bus, stream))
+
+    async def _consume(self, bus: Bus, stream: str) -> None:
+        subscription = bus.subscribe(stream)
+        try:
+            async for event in subscription:
+                try:
+                    self.deliver(event)
+                except Exception:
+                    log.exception("[WS] delivering a %s event failed", event.kind)
+        finally:
+            aclose = getattr(subscription, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def reader_alive(self) -> bool:
+        if self.stall_timeout is None:
+            return True
+        return time.monotonic() - self.last_event_at < self.stall_timeout
+
+    async def close_all(self, code: int, reason: str = "", timeout: float = 5.0) -> None:
+        """Close every connection (graceful shutdown), bounded by `timeout`."""
+        conns = tuple(self.connections)
+        if not conns:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(
+                    *(c.close(code, reason) for c in conns), return_exceptions=True
+                )
+        except TimeoutError:
+            log.warning("[WS] %d connections did not close in time", len(self.connections))

@@ -1,0 +1,77 @@
+"""JWT encode/decode with python-jose, pinned to the configured algorithm (SPEC §5)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from jose import JWTError, jwt
+
+from app.errors import NotAuthenticated
+
+MAX_USER_ID_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: str
+    name: str
+    expires_at: int  # Unix seconds
+    role: str | None = None
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == "service"
+
+
+def encode_token(
+    user_id: str,
+    *,
+    secret: str,
+    algorithm: str = "HS256",
+    name: str | None = None,
+    role: str | None = None,
+    ttl: int = 86400,
+) -> str:
+    claims: dict[str, object] = {"sub": user_id, "exp": int(time.time()) + ttl}
+    if name is not None:
+        claims["name"] = name
+    if role is not None:
+        claims["role"] = role
+    return str(jwt.encode(claims, secret, algorithm=algorithm))
+
+
+def decode_token(token: object, *, secret: str, algorithm: str) -> Claims:
+    """Return the token's claims or raise NotAuthenticated; only `algorithm` is accepted."""
+    if not isinstance(token, str) or not token or len(token) > 8192:
+        raise NotAuthenticated("token missing or malformed")
+    try:
+        header = jwt.get_unverified_header(token)
+    except JWTError as exc:
+        raise NotAuthenticated("token malformed") from exc
+    if header.get("alg") != algorithm:
+        raise NotAuthenticated("token algorithm not accepted")
+    try:
+        payload = jwt.decode(
+            token,
+            secret,
+            algorithms=[algorithm],
+            options={"require_exp": True, "require_sub": True, "verify_aud": False},
+        )
+    except JWTError as exc:
+        message = "token expired" if "expired" in str(exc).lower() else "token invalid"
+        raise NotAuthenticated(message) from exc
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_USER_ID_CHARS:
+        raise NotAuthenticated("token subject invalid")
+    exp = payload.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise NotAuthenticated("token expiry invalid")
+    name = payload.get("name")
+    role = payload.get("role")
+    return Claims(
+        user_id=sub,
+        name=name if isinstance(name, str) and name.strip() else sub,
+        expires_at=int(exp),
+        role=role if isinstance(role, str) else None,
+    )

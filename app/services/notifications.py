@@ -1,0 +1,68 @@
+"""System notifications: store, then push to every connection of each target user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from app.bus.base import BusEvent
+from app.db.base import to_ms
+from app.db.models import Notification
+from app.db.repositories.cursor import decode_cursor, encode_cursor
+from app.db.repositories.notifications import NotificationRepository
+from app.errors import NotFound
+from app.schemas import events
+from app.services.context import ServiceContext
+
+
+def notification_public(row: Notification) -> dict[str, Any]:
+    return {
+        **events.notification_data(row),
+        "read_at": to_ms(row.read_at) if row.read_at else None,
+    }
+
+
+async def push(
+    ctx: ServiceContext, *, user_ids: Sequence[str], type: str, title: str, content: str
+) -> list[Notification]:
+    async with ctx.session() as session:
+        rows = await NotificationRepository(session).add_many(
+            user_ids=user_ids, type=type, title=title, content=content
+        )
+        await session.commit()
+    for row in rows:
+        event = BusEvent(events.NOTIFICATION, events.notification_event(row))
+        await ctx.publish(ctx.settings.STREAM_NOTIFICATIONS, event)
+    return rows
+
+
+async def page(
+    ctx: ServiceContext, *, user_id: str, unread_only: bool, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    before = decode_cursor(cursor) if cursor else None
+    async with ctx.session() as session:
+        rows = await NotificationRepository(session).page(
+            user_id=user_id, unread_only=unread_only, limit=limit + 1, before=before
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return [notification_public(r) for r in rows], next_cursor
+
+
+async def mark_read(ctx: ServiceContext, *, user_id: str, notification_id: str) -> dict[str, Any]:
+    async with ctx.session() as session:
+        row = await NotificationRepository(session).mark_read(
+            user_id=user_id, notification_id=notification_id
+        )
+        if row is None:
+            raise NotFound("notification not found")
+        await session.commit()
+        return notification_public(row)
+
+
+async def mark_all_read(ctx: ServiceContext, *, user_id: str) -> int:
+    async with ctx.session() as session:
+        count = await NotificationRepository(session).mark_all_read(user_id=user_id)
+        await session.commit()
+        return count
