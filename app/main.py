@@ -13,19 +13,22 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.routing import WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from app import __version__
 from app.api.errors import install_error_handlers
-from app.api.routes import groups, health, messages, notifications, ws
-from app.bus import create_bus
+from app.api.routes import groups, health, messages, notifications, web, ws
+from app.bus import Bus, BusEvent, create_bus
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade_async
 from app.db.session import make_engine, make_sessionmaker
+from app.errors import Unavailable
 from app.realtime.handlers import Runtime
 from app.realtime.hub import Hub
 from app.realtime.presence import MemoryPresence, Presence
 from app.realtime.ratelimit import TokenBuckets, WindowCounter
 from app.services.context import ServiceContext
+from app.services.outbox import OutboxRelay
 
 log = logging.getLogger("app")
 
@@ -43,6 +46,31 @@ def make_presence(settings: Settings) -> Presence:
     return RedisPresence(settings.REDIS_URL, ttl=settings.PRESENCE_TTL)
 
 
+async def canaries(bus: Bus, streams: tuple[str, ...], settings: Settings) -> None:
+    """Publish a canary on every stream a few times per stall timeout, so each reader keeps
+    advancing while it lives; `/ready` turns 503 when one stops (SPEC §8)."""
+    interval = max(0.05, settings.FANOUT_STALL_TIMEOUT / 3)
+    while True:
+        for stream in streams:
+            try:
+                await bus.publish(stream, BusEvent("canary", {"service": settings.SERVICE_NAME}))
+            except Unavailable:
+                pass
+        await asyncio.sleep(interval)
+
+
+async def heartbeats(hub: Hub, presence: Presence, settings: Settings) -> None:
+    """Refresh the presence of every local connection well within PRESENCE_TTL."""
+    interval = max(1.0, settings.PRESENCE_TTL / 3)
+    while True:
+        await asyncio.sleep(interval)
+        entries = [(c.user_id, c.id) for c in tuple(hub.connections) if c.user_id is not None]
+        try:
+            await presence.heartbeat(entries)
+        except Exception:
+            log.warning("[WS] presence heartbeat failed")
+
+
 def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
     settings = settings or get_settings()
     lifecycle = lifecycle or Lifecycle()
@@ -54,9 +82,12 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         engine = make_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE)
         if settings.embedded:
             await upgrade_async(settings.database_url)
-        bus = create_bus(settings.REDIS_URL)
+        bus = create_bus(settings.REDIS_URL, maxlen=settings.STREAM_MAXLEN)
         await bus.connect()
-        ctx = ServiceContext(settings=settings, sessions=make_sessionmaker(engine), bus=bus)
+        sessions = make_sessionmaker(engine)
+        # The outbox guards against a bus outage; the in-process bus cannot have one.
+        relay = OutboxRelay(sessions, bus) if settings.REDIS_URL is not None else None
+        ctx = ServiceContext(settings=settings, sessions=sessions, bus=bus, outbox=relay)
         presence = make_presence(settings)
 
         async def fetch_after(group_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
@@ -74,6 +105,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             service=settings.SERVICE_NAME,
             gap_delay=settings.GAP_FILL_DELAY,
         )
+        hub.stall_timeout = settings.FANOUT_STALL_TIMEOUT
         runtime = Runtime(
             ctx=ctx,
             hub=hub,
@@ -83,7 +115,13 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             ),
         )
         streams = (settings.STREAM_MESSAGES, settings.STREAM_NOTIFICATIONS, settings.STREAM_EVENTS)
-        hub_task = asyncio.create_task(hub.run(bus, streams), name="hub")
+        tasks = [
+            asyncio.create_task(hub.run(bus, streams), name="hub"),
+            asyncio.create_task(canaries(bus, streams, settings), name="canary"),
+            asyncio.create_task(heartbeats(hub, presence, settings), name="presence"),
+        ]
+        if relay is not None:
+            tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
         log.info(
             "CampusHub Realtime %s up: %s storage, %s bus",
             __version__,
@@ -103,9 +141,11 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         finally:
             lifecycle.shutting_down = True
             await hub.close_all(1012, "server restart", timeout=settings.WS_SHUTDOWN_TIMEOUT)
-            hub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await hub_task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await presence.close()
             await bus.disconnect()
             await engine.dispose()
@@ -127,6 +167,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     app.include_router(notifications.router, prefix=api)
     app.include_router(health.router)
     app.router.routes.append(WebSocketRoute("/ws", ws.WebSocketEndpoint()))
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
         app, include_in_schema=False
     )

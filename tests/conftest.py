@@ -75,11 +75,15 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start real `python -m app serve` processes; all are stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str] | None = None, **kwargs: object) -> ServerProcess:
+    def start(
+        env: dict[str, str] | None = None, *, wait: bool = True, **kwargs: object
+    ) -> ServerProcess:
+        """Spawn a server; with wait=False call `.wait_ready()` later (start several at once)."""
         base = {"JWT_SECRET": SECRET, "SQLITE_PATH": str(tmp_path / "server.db")}
         server = ServerProcess({**base, **(env or {})}, tmp_path, **kwargs)  # type: ignore[arg-type]
         started.append(server)
-        return server.start()
+        server.spawn()
+        return server.wait_ready() if wait else server
 
     yield start
     for server in started:

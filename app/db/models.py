@@ -1,4 +1,4 @@
-"""Tables of SPEC §6."""
+"""Tables of SPEC §6, and the outbox that relays stored events to the bus."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -85,3 +86,21 @@ class Notification(Base):
     content: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class OutboxEntry(Base):
+    """A bus event stored in the same transaction as the data it announces.
+
+    Published right after the commit and then deleted; an entry whose publication failed (bus
+    down, or the process died in between) is published later by the relay, so no stored
+    message is lost to live subscribers.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    stream: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

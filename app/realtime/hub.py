@@ -58,7 +58,7 @@ class Hub:
         self.by_user: dict[str, set[Connection]] = {}
         self.channels: dict[str, Channel] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.last_event_at = time.monotonic()
+        self.stream_seen: dict[str, float] = {}
         self._m_connections = metrics.CONNECTIONS.labels(service)
         self._m_online = metrics.ONLINE_USERS.labels(service)
         self._m_send = metrics.MESSAGES.labels("send", service)
@@ -133,7 +133,6 @@ class Hub:
 
     def deliver(self, event: BusEvent) -> None:
         """Route one bus event to local connections; never awaits a client."""
-        self.last_event_at = time.monotonic()
         kind = event.kind
         try:
             if kind == events.MESSAGE:
@@ -311,21 +310,32 @@ class Hub:
 
     async def _consume(self, bus: Bus, stream: str) -> None:
         subscription = bus.subscribe(stream)
+        seen = self.stream_seen
+        seen[stream] = time.monotonic()
         try:
             async for event in subscription:
+                seen[stream] = time.monotonic()
                 try:
                     self.deliver(event)
                 except Exception:
                     log.exception("[WS] delivering a %s event failed", event.kind)
+                # A backlog of events is handed over without the loop turning (a ready queue
+                # or a batch of stream entries): give the writers a turn per event, or a burst
+                # longer than WS_SEND_QUEUE would close every connection as a slow consumer.
+                await asyncio.sleep(0)
         finally:
             aclose = getattr(subscription, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     def reader_alive(self) -> bool:
+        """Every stream's reader advanced within `stall_timeout` (canaries keep them moving)."""
         if self.stall_timeout is None:
             return True
-        return time.monotonic() - self.last_event_at < self.stall_timeout
+        now = time.monotonic()
+        return bool(self.stream_seen) and all(
+            now - seen < self.stall_timeout for seen in self.stream_seen.values()
+        )
 
     async def close_all(self, code: int, reason: str = "", timeout: float = 5.0) -> None:
         """Close every connection (graceful shutdown), bounded by `timeout`."""

@@ -120,6 +120,10 @@ async def send_message(
                 client_msg_id=client_msg_id,
                 created_at=utcnow(),
             )
+            data = events.message_data(message)
+            staged = ctx.stage(
+                session, ctx.settings.STREAM_MESSAGES, BusEvent(events.MESSAGE, data)
+            )
             await session.commit()
         except IntegrityError:
             await session.rollback()
@@ -131,8 +135,7 @@ async def send_message(
             if original is None:
                 raise
             return SendResult(message=events.message_data(original), created=False)
-    data = events.message_data(message)
-    await ctx.publish(ctx.settings.STREAM_MESSAGES, BusEvent(events.MESSAGE, data))
+    await ctx.dispatch(staged)
     log.info("[WS] User %s sent message to group %s", sender.user_id, group_id)
     return SendResult(message=data, created=True)
 
@@ -180,12 +183,16 @@ async def mark_read(
         before = await marks.get(user_id=user_id, group_id=group_id)
         target = max(0, min(seq, group.last_seq))
         now = await marks.advance(user_id=user_id, group_id=group_id, seq=target)
+        staged = []
+        if now != before:
+            data = events.read_event(
+                user_id=user_id, group_id=group_id, last_read_seq=now, origin=origin
+            )
+            staged.append(
+                ctx.stage(session, ctx.settings.STREAM_EVENTS, BusEvent(events.READ, data))
+            )
         await session.commit()
-    if now != before:
-        data = events.read_event(
-            user_id=user_id, group_id=group_id, last_read_seq=now, origin=origin
-        )
-        await ctx.publish(ctx.settings.STREAM_EVENTS, BusEvent(events.READ, data))
+    await ctx.dispatch(*staged)
     return now
 
 

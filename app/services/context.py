@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import Bus, BusEvent
 from app.config import Settings
+from app.db.models import OutboxEntry
 from app.errors import Unavailable
+from app.services.outbox import OutboxRelay, Staged, encode_entry, publish_all
 
 log = logging.getLogger("app.services")
 
@@ -23,6 +25,7 @@ class ServiceContext:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     bus: Bus
+    outbox: OutboxRelay | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -40,5 +43,25 @@ class ServiceContext:
                 raise Unavailable("storage unavailable, retry later") from exc
             raise
 
-    async def publish(self, stream: str, event: BusEvent) -> None:
-        await self.bus.publish(stream, event)
+    def stage(self, session: AsyncSession, stream: str, event: BusEvent) -> Staged:
+        """Record `event` in the transaction of `session` (when the outbox is on)."""
+        staged = Staged(stream, event)
+        if self.outbox is not None:
+            staged.entry = OutboxEntry(stream=stream, payload=encode_entry(event))
+            session.add(staged.entry)
+        return staged
+
+    async def dispatch(self, *staged: Staged) -> None:
+        """Publish staged events after their commit; a bus outage leaves them to the relay."""
+        if not staged:
+            return
+        try:
+            await publish_all(self.bus, [(s.stream, s.event) for s in staged])
+        except Unavailable:
+            if self.outbox is None:
+                raise
+            log.warning("[WS] bus unavailable: %d events left to the outbox relay", len(staged))
+            self.outbox.failed()
+            return
+        if self.outbox is not None:
+            self.outbox.published([s.entry.id for s in staged if s.entry is not None])

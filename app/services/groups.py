@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.bus.base import BusEvent
 from app.db.base import to_ms
@@ -14,6 +15,7 @@ from app.db.repositories.groups import GroupRepository, GroupView
 from app.errors import Conflict, Forbidden, NotMember
 from app.schemas import events
 from app.services.context import ServiceContext
+from app.services.outbox import Staged
 
 
 def group_public(group: Group, *, last_read_seq: int, unread_count: int) -> dict[str, Any]:
@@ -34,13 +36,19 @@ def view_public(view: GroupView) -> dict[str, Any]:
     )
 
 
-async def _announce(
-    ctx: ServiceContext, *, group_id: str, user_id: str, added: bool, last_seq: int
-) -> None:
+def _announce(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    *,
+    group_id: str,
+    user_id: str,
+    added: bool,
+    last_seq: int,
+) -> Staged:
     data = events.membership_event(
         group_id=group_id, user_id=user_id, added=added, last_seq=last_seq
     )
-    await ctx.publish(ctx.settings.STREAM_EVENTS, BusEvent(events.MEMBERSHIP, data))
+    return ctx.stage(session, ctx.settings.STREAM_EVENTS, BusEvent(events.MEMBERSHIP, data))
 
 
 async def create_group(
@@ -50,9 +58,12 @@ async def create_group(
         group = await GroupRepository(session).create(
             name=name, owner_id=owner_id, member_ids=member_ids
         )
+        staged = [
+            _announce(ctx, session, group_id=group.id, user_id=user_id, added=True, last_seq=0)
+            for user_id in dict.fromkeys([owner_id, *member_ids])
+        ]
         await session.commit()
-    for user_id in dict.fromkeys([owner_id, *member_ids]):
-        await _announce(ctx, group_id=group.id, user_id=user_id, added=True, last_seq=0)
+    await ctx.dispatch(*staged)
     return group_public(group, last_read_seq=0, unread_count=0)
 
 
@@ -84,11 +95,18 @@ async def add_member(
             raise Conflict("already a member")
         try:
             member = await repo.add_member(group_id=group_id, user_id=user_id)
+            staged = _announce(
+                ctx,
+                session,
+                group_id=group_id,
+                user_id=user_id,
+                added=True,
+                last_seq=group.last_seq,
+            )
             await session.commit()
         except IntegrityError as exc:
             raise Conflict("already a member") from exc
-        last_seq = group.last_seq
-    await _announce(ctx, group_id=group_id, user_id=user_id, added=True, last_seq=last_seq)
+    await ctx.dispatch(staged)
     return {
         "group_id": group_id,
         "user_id": user_id,
@@ -113,9 +131,11 @@ async def remove_member(
             raise Conflict("the owner cannot leave or be removed from the group")
         if not await repo.remove_member(group_id=group_id, user_id=user_id):
             raise NotMember("that user is not a member of this group")
+        staged = _announce(
+            ctx, session, group_id=group_id, user_id=user_id, added=False, last_seq=group.last_seq
+        )
         await session.commit()
-        last_seq = group.last_seq
-    await _announce(ctx, group_id=group_id, user_id=user_id, added=False, last_seq=last_seq)
+    await ctx.dispatch(staged)
 
 
 async def group_seqs(ctx: ServiceContext, *, user_id: str) -> dict[str, int]:

@@ -29,10 +29,13 @@ async def push(
         rows = await NotificationRepository(session).add_many(
             user_ids=user_ids, type=type, title=title, content=content
         )
+        stream = ctx.settings.STREAM_NOTIFICATIONS
+        staged = [
+            ctx.stage(session, stream, BusEvent(events.NOTIFICATION, events.notification_event(r)))
+            for r in rows
+        ]
         await session.commit()
-    for row in rows:
-        event = BusEvent(events.NOTIFICATION, events.notification_event(row))
-        await ctx.publish(ctx.settings.STREAM_NOTIFICATIONS, event)
+    await ctx.dispatch(*staged)
     return rows
 
 

@@ -39,6 +39,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> ServerProcess:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -55,6 +59,10 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> ServerProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -99,3 +99,54 @@ def redis_check() -> str | None:
     except Exception as exc:
         return f"{exc.__class__.__name__}: {exc}"
     return None
+
+
+# -- Shared REST clients (one app per test module and backend) ---------------------------------
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def shared_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Yield a TestClient on embedded SQLite or on a fresh migrated Postgres database.
+
+    For module-scoped fixtures parametrised over BACKENDS: tests sharing it keep apart by using
+    user ids of their own (see `unique`).
+    """
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+    from tests.support.tokens import SECRET
+
+    url: str | None = None
+    databases: PgDatabases | None = None
+    if request.param == "postgres":
+        databases = request.getfixturevalue("pg_databases")
+        url = databases.new()
+        settings = Settings(DATABASE_URL=url, JWT_SECRET=SECRET, _env_file=None)  # type: ignore[call-arg]
+    else:
+        path = tmp_path_factory.mktemp("shared") / "test.db"
+        settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)  # type: ignore[call-arg]
+    try:
+        with TestClient(create_app(settings)) as client:
+            yield client
+    finally:
+        if databases is not None and url is not None:
+            databases.drop(url)
+
+
+def unique(name: str) -> str:
+    """A user id of this test's own, readable in failures: `alice-1a2b3c4d`."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+class Users:
+    """`users.alice` is a user id unique to this object, the same on every access."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._ids.setdefault(name, unique(name))

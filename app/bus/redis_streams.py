@@ -1,0 +1,145 @@
+"""Redis Streams bus: XADD MAXLEN ~ N; every instance XREADs every entry from its own last id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from app.bus.base import BusEvent
+from app.errors import Unavailable
+
+log = logging.getLogger("app.bus.redis")
+
+BLOCK_MS = 2000
+READ_COUNT = 1000
+BACKOFF_START = 0.1
+BACKOFF_CAP = 5.0
+
+
+def entry_time(entry_id: str) -> float:
+    """Unix seconds of a stream entry id (`<ms>-<n>`)."""
+    return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+class RedisStreamsBus:
+    """Not a consumer group: a group would hand each entry to one instance only, and every
+    instance must see every entry. Each subscription keeps its own last id, so after an outage
+    it reconnects with capped backoff and continues exactly where it stopped."""
+
+    def __init__(self, url: str, *, maxlen: int = 100_000, block_ms: int = BLOCK_MS) -> None:
+        self.url = url
+        self.maxlen = maxlen
+        self.block_ms = block_ms
+        self._client: redis.Redis | None = None
+        self._readers: list[redis.Redis] = []
+
+    async def connect(self) -> None:
+        # Short timeouts: a publish during an outage fails fast (503), it never hangs.
+        self._client = redis.Redis.from_url(
+            self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
+        )
+
+    async def disconnect(self) -> None:
+        for client in [*self._readers, *([self._client] if self._client else [])]:
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+        self._readers.clear()
+        self._client = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            raise RuntimeError("bus not connected")
+        return self._client
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def publish(self, stream: str, event: BusEvent) -> None:
+        fields = {"k": event.kind, "d": orjson.dumps(event.data)}
+        try:
+            await self.client.xadd(stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        except (RedisError, OSError) as exc:
+            raise Unavailable("bus unavailable, retry later") from exc
+
+    async def publish_many(self, items: list[tuple[str, BusEvent]]) -> None:
+        """Several entries in one round trip (a pipeline), in order."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream, event in items:
+                    fields = {"k": event.kind, "d": orjson.dumps(event.data)}
+                    pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("bus unavailable, retry later") from exc
+
+    def subscribe(self, stream: str) -> AsyncIterator[BusEvent]:
+        reader = redis.Redis.from_url(
+            self.url, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=2
+        )
+        self._readers.append(reader)
+        return self._read(reader, stream)
+
+    async def _start_id(self, reader: redis.Redis, stream: str) -> str:
+        """The id to read after: the stream's newest entry now (so nothing later is missed)."""
+        newest: Any = await reader.xrevrange(stream, count=1)
+        if newest:
+            return str(newest[0][0].decode())
+        return "0-0"
+
+    async def _read(self, reader: redis.Redis, stream: str) -> AsyncIterator[BusEvent]:
+        last_id: str | None = None
+        backoff = BACKOFF_START
+        try:
+            while True:
+                try:
+                    if last_id is None:
+                        last_id = await self._start_id(reader, stream)
+                    response: Any = await reader.xread(
+                        {stream: last_id}, count=READ_COUNT, block=self.block_ms
+                    )
+                    backoff = BACKOFF_START
+                except (RedisError, OSError) as exc:
+                    log.warning(
+                        "[WS] stream %s read failed (%s); retrying in %.1fs from %s",
+                        stream,
+                        exc.__class__.__name__,
+                        backoff,
+                        last_id,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_CAP)
+                    continue
+                for _name, entries in response or ():
+                    for raw_id, fields in entries:
+                        entry_id = raw_id.decode()
+                        last_id = entry_id
+                        try:
+                            event = BusEvent(
+                                kind=fields[b"k"].decode(),
+                                data=orjson.loads(fields[b"d"]),
+                                entry_id=entry_id,
+                                published_at=entry_time(entry_id),
+                            )
+                        except (KeyError, ValueError, UnicodeDecodeError):
+                            log.warning("[WS] malformed entry %s on %s dropped", entry_id, stream)
+                            continue
+                        yield event
+        finally:
+            if reader in self._readers:
+                self._readers.remove(reader)
+            try:
+                await reader.aclose()
+            except Exception:
+                pass
