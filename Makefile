@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-py test-js lint fmt typecheck check migrate revision token cluster bench bench-full clean
+.PHONY: install run test test-py test-js lint fmt typecheck check migrate revision token cluster up down bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,12 @@ token: $(STAMP)  ## make token USER=alice [NAME=Alice] [ROLE=service]
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache campushub.db campushub.db-*
+
+cluster: $(STAMP)  ## two instances + nginx on :8889 against local Postgres and Redis (no Docker)
+	$(PY) scripts/cluster.py
+
+up:  ## docker compose cluster on :8889
+	docker compose up --build
+
+down:
+	docker compose down
