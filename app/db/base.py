@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,4 +51,5 @@ def utcnow() -> datetime:
 
 
 def to_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    """Unix milliseconds, exactly (float timestamps can round up a whole second)."""
+    return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000

@@ -33,7 +33,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # and seq allocation stays gap-free exactly as on Postgres.
         kwargs.update(pool_size=1, max_overflow=0, connect_args={"timeout": 30})
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping (a round trip per checkout): a dead connection fails its request with
+        # 503 and SQLAlchemy then invalidates the whole pool, so the next one reconnects.
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         kwargs.update(connect_args={"timeout": 5, "command_timeout": 10})
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):

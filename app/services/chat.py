@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import IntegrityError
 
 from app.bus.base import BusEvent
-from app.db.base import utcnow
+from app.db.models import Message
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -18,8 +18,14 @@ from app.db.repositories.read_marks import ReadMarkRepository
 from app.errors import BadRequest, NotMember, TooLarge
 from app.schemas import events
 from app.services.context import ServiceContext
+from app.services.outbox import encode_entry
 
 log = logging.getLogger("app.services.chat")
+
+
+def message_entry(message: Message) -> bytes:
+    return encode_entry(BusEvent(events.MESSAGE, events.message_data(message)))
+
 
 MAX_ID_CHARS = 64
 MAX_IMAGE_URL_CHARS = 2048
@@ -60,6 +66,8 @@ def validate_content(
         raise BadRequest("content must be a string")
     if not isinstance(image_url, str):
         raise BadRequest("image_url must be a string")
+    if "\x00" in content or "\x00" in image_url:
+        raise BadRequest("content and image_url must not contain NUL characters")
     if len(content) > max_chars:
         raise TooLarge(f"content is over {max_chars} characters")
     if len(image_url) > MAX_IMAGE_URL_CHARS:
@@ -75,7 +83,7 @@ def validate_content(
 
 
 def check_id(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or "\x00" in value:
         raise BadRequest(f"{field} must be a non-empty string of at most {MAX_ID_CHARS} characters")
     return value
 
@@ -105,24 +113,24 @@ async def send_message(
     )
     async with ctx.session() as session:
         repo = MessageRepository(session)
+        stream = ctx.settings.STREAM_MESSAGES
         try:
-            seq = await repo.next_seq(group_id=group_id, sender_id=sender.user_id)
-            if seq is None:
-                raise NotMember()
-            message = await repo.append(
+            stored = await repo.store(
                 group_id=group_id,
-                seq=seq,
                 sender_id=sender.user_id,
                 sender_name=sender.name[:100],
                 msg_type=kind,
                 content=text,
                 image_url=url,
                 client_msg_id=client_msg_id,
-                created_at=utcnow(),
+                outbox_stream=stream if ctx.outbox is not None else None,
+                outbox_event=message_entry,
             )
-            data = events.message_data(message)
+            if stored is None:
+                raise NotMember()
+            data = events.message_data(stored.message)
             staged = ctx.stage(
-                session, ctx.settings.STREAM_MESSAGES, BusEvent(events.MESSAGE, data)
+                session, stream, BusEvent(events.MESSAGE, data), outbox_id=stored.outbox_id
             )
             await session.commit()
         except IntegrityError:

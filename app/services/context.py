@@ -43,10 +43,13 @@ class ServiceContext:
                 raise Unavailable("storage unavailable, retry later") from exc
             raise
 
-    def stage(self, session: AsyncSession, stream: str, event: BusEvent) -> Staged:
-        """Record `event` in the transaction of `session` (when the outbox is on)."""
-        staged = Staged(stream, event)
-        if self.outbox is not None:
+    def stage(
+        self, session: AsyncSession, stream: str, event: BusEvent, *, outbox_id: int | None = None
+    ) -> Staged:
+        """Record `event` in the transaction of `session` (when the outbox is on), unless the
+        repository stored its outbox entry already (`outbox_id`)."""
+        staged = Staged(stream, event, outbox_id=outbox_id)
+        if self.outbox is not None and outbox_id is None:
             staged.entry = OutboxEntry(stream=stream, payload=encode_entry(event))
             session.add(staged.entry)
         return staged
@@ -64,4 +67,5 @@ class ServiceContext:
             self.outbox.failed()
             return
         if self.outbox is not None:
-            self.outbox.published([s.entry.id for s in staged if s.entry is not None])
+            ids = [s.entry.id if s.entry is not None else s.outbox_id for s in staged]
+            self.outbox.published([i for i in ids if i is not None])

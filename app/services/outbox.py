@@ -26,6 +26,7 @@ class Staged:
     stream: str
     event: BusEvent
     entry: OutboxEntry | None = None
+    outbox_id: int | None = None
 
 
 def encode_entry(event: BusEvent) -> bytes:
