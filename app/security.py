@@ -58,11 +58,17 @@ def decode_token(token: object, *, secret: str, algorithm: str) -> Claims:
             algorithms=[algorithm],
             options={"require_exp": True, "require_sub": True, "verify_aud": False},
         )
-    except JWTError as exc:
+    except (JWTError, TypeError, ValueError, OverflowError) as exc:
+        # python-jose lets TypeError/OverflowError out for `"exp": null`, `[..]` or `Infinity`.
         message = "token expired" if "expired" in str(exc).lower() else "token invalid"
         raise NotAuthenticated(message) from exc
     sub = payload.get("sub")
-    if not isinstance(sub, str) or not sub.strip() or len(sub) > MAX_USER_ID_CHARS:
+    if (
+        not isinstance(sub, str)
+        or not sub.strip()
+        or len(sub) > MAX_USER_ID_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in sub)  # Postgres cannot store NUL
+    ):
         raise NotAuthenticated("token subject invalid")
     exp = payload.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
@@ -71,7 +77,7 @@ def decode_token(token: object, *, secret: str, algorithm: str) -> Claims:
     role = payload.get("role")
     return Claims(
         user_id=sub,
-        name=name if isinstance(name, str) and name.strip() else sub,
+        name=name if isinstance(name, str) and name.strip() and "\x00" not in name else sub,
         expires_at=int(exp),
         role=role if isinstance(role, str) else None,
     )

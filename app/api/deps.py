@@ -50,8 +50,16 @@ async def service_claims(claims: Annotated[Claims, Depends(current_claims)]) -> 
 CurrentUser = Annotated[Claims, Depends(current_claims)]
 ServiceCaller = Annotated[Claims, Depends(service_claims)]
 Ctx = Annotated[ServiceContext, Depends(get_ctx)]
-GroupIdPath = Annotated[str, Path(min_length=1, max_length=64, description="group id")]
+# Ids and cursors never hold control characters (Postgres cannot even store NUL): 422.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+GroupIdPath = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=NO_CONTROL, description="group id")
+]
+UserIdPath = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=NO_CONTROL, description="user id")
+]
 Limit = Annotated[int, Query(ge=1, le=200, description="page size (default 50, at most 200)")]
 Cursor = Annotated[
-    str | None, Query(max_length=512, description="next_cursor of the previous page")
+    str | None,
+    Query(max_length=512, pattern=NO_CONTROL, description="next_cursor of the previous page"),
 ]

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-UserIdStr = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# Ids never hold control characters (Postgres cannot even store NUL).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+UserIdStr = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=ID_PATTERN),
+]
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        """Postgres text cannot hold NUL: refuse it here (422) on both backends, not with a 500."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class GroupCreate(StrictModel):
@@ -46,11 +60,21 @@ class MemberPublic(BaseModel):
 
 class MessageCreate(StrictModel):
     msg_type: Literal[1, 2] = Field(1, description="1 text, 2 image")
-    content: str = Field("", max_length=1_000_000)
+    # No schema bound: content over MAX_CONTENT_CHARS gets 413 from the send pipeline,
+    # however long it is (SPEC §11), not a 422 from here.
+    content: str = Field("", description="at most MAX_CONTENT_CHARS code points (413 beyond)")
     image_url: str = Field("", max_length=2048)
     client_msg_id: str | None = Field(
         None, min_length=1, max_length=64, description="idempotency key chosen by the client"
     )
+
+    @field_validator("msg_type", mode="before")
+    @classmethod
+    def _integer_only(cls, value: object) -> object:
+        # Literal[1, 2] alone lets `true` and `1.0` through as 1, even in strict mode.
+        if isinstance(value, bool | float):
+            raise ValueError("msg_type must be the integer 1 or 2")
+        return value
 
 
 class MessagePublic(BaseModel):

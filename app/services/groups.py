@@ -12,7 +12,7 @@ from app.bus.base import BusEvent
 from app.db.base import to_ms
 from app.db.models import Group
 from app.db.repositories.groups import GroupRepository, GroupView
-from app.errors import Conflict, Forbidden, NotMember
+from app.errors import Conflict, Forbidden, NotFound, NotMember
 from app.schemas import events
 from app.services.context import ServiceContext
 from app.services.outbox import Staged
@@ -130,7 +130,8 @@ async def remove_member(
         if user_id == group.owner_id:
             raise Conflict("the owner cannot leave or be removed from the group")
         if not await repo.remove_member(group_id=group_id, user_id=user_id):
-            raise NotMember("that user is not a member of this group")
+            # The caller is a member, so it may learn that the target user is not.
+            raise NotFound("that user is not a member of this group")
         staged = _announce(
             ctx, session, group_id=group_id, user_id=user_id, added=False, last_seq=group.last_seq
         )

@@ -123,10 +123,10 @@ def shared_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     if request.param == "postgres":
         databases = request.getfixturevalue("pg_databases")
         url = databases.new()
-        settings = Settings(DATABASE_URL=url, JWT_SECRET=SECRET, _env_file=None)  # type: ignore[call-arg]
+        settings = Settings(DATABASE_URL=url, JWT_SECRET=SECRET, _env_file=None)
     else:
         path = tmp_path_factory.mktemp("shared") / "test.db"
-        settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)  # type: ignore[call-arg]
+        settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)
     try:
         with TestClient(create_app(settings)) as client:
             yield client

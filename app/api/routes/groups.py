@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.api.deps import Ctx, CurrentUser, Cursor, GroupIdPath, Limit
+from app.api.deps import Ctx, CurrentUser, Cursor, GroupIdPath, Limit, UserIdPath
 from app.schemas.api import (
     GroupCreate,
     GroupPublic,
@@ -62,7 +62,7 @@ async def add_member(
 @router.delete("/{group_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_member(
     group_id: GroupIdPath,
-    user_id: Annotated[str, GroupIdPath],
+    user_id: UserIdPath,
     user: CurrentUser,
     ctx: Ctx,
 ) -> Response:
@@ -81,11 +81,14 @@ async def history(
     limit: Limit = 50,
 ) -> dict[str, object]:
     """History by seq, ascending. `after_seq` pages forwards; `before_seq` (or neither: the
-    latest) pages backwards. `next_cursor` is the value for the same parameter, or null."""
+    latest) pages backwards; both: the seqs strictly between them, paging forwards.
+    `next_cursor` is the value for the same parameter (`after_seq` when both), or null."""
     if after_seq is not None:
         items, _ = await chat.messages_after(
             ctx, user_id=user.user_id, group_id=group_id, after_seq=after_seq, limit=limit + 1
         )
+        if before_seq is not None:
+            items = [m for m in items if m["seq"] < before_seq]
         more = len(items) > limit
         items = items[:limit]
         return {"items": items, "next_cursor": str(items[-1]["seq"]) if more else None}

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from app.api.deps import Ctx, CurrentUser, Cursor, Limit, ServiceCaller
+from app.api.deps import NO_CONTROL, Ctx, CurrentUser, Cursor, Limit, ServiceCaller
 from app.schemas.api import (
     Count,
     NotificationCreate,
@@ -43,7 +43,7 @@ async def read_all(user: CurrentUser, ctx: Ctx) -> dict[str, int]:
 
 @router.post("/{notification_id}/read", response_model=NotificationPublic)
 async def read_one(
-    notification_id: Annotated[str, Path(min_length=1, max_length=64)],
+    notification_id: Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL)],
     user: CurrentUser,
     ctx: Ctx,
 ) -> dict[str, object]:

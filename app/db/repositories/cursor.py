@@ -27,6 +27,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         at = datetime.fromtimestamp(float(stamp), UTC)
     except (ValueError, UnicodeError, binascii.Error, OverflowError, OSError) as exc:
         raise InvalidCursor() from exc
-    if not row_id or len(row_id) > 64:
+    if not row_id or len(row_id) > 64 or "\x00" in row_id:
         raise InvalidCursor()
     return at, row_id

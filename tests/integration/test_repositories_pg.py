@@ -1,0 +1,184 @@
+"""Postgres under concurrency: gap-free seqs, idempotent retries, read marks that never go back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+
+from app.bus.memory import InMemoryBus
+from app.config import Settings
+from app.db.models import Message
+from app.db.repositories.read_marks import ReadMarkRepository
+from app.db.session import make_engine, make_sessionmaker
+from app.services import chat, groups
+from app.services.chat import Sender, SendResult
+from app.services.context import ServiceContext
+
+pytestmark = pytest.mark.postgres
+
+MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
+
+
+@pytest.fixture
+async def ctx(pg_settings: Settings) -> AsyncIterator[ServiceContext]:
+    engine = make_engine(pg_settings.database_url, pool_size=pg_settings.DB_POOL_SIZE)
+    bus = InMemoryBus()
+    await bus.connect()
+    try:
+        yield ServiceContext(settings=pg_settings, sessions=make_sessionmaker(engine), bus=bus)
+    finally:
+        await bus.disconnect()
+        await engine.dispose()
+
+
+async def new_group(ctx: ServiceContext) -> str:
+    group = await groups.create_group(ctx, owner_id="alice", name="load", member_ids=MEMBERS)
+    return str(group["group_id"])
+
+
+async def stored(ctx: ServiceContext, group_id: str) -> list[Message]:
+    async with ctx.session() as session:
+        rows = await session.scalars(
+            select(Message).where(Message.group_id == group_id).order_by(Message.seq)
+        )
+        return list(rows)
+
+
+async def send(
+    ctx: ServiceContext, group_id: str, user: str, text: str, client_id: str | None = None
+) -> SendResult:
+    return await chat.send_message(
+        ctx,
+        sender=Sender(user, user.title()),
+        group_id=group_id,
+        msg_type=1,
+        content=text,
+        client_msg_id=client_id,
+    )
+
+
+async def test_concurrent_sends_get_consecutive_seqs(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    events = ctx.bus.subscribe(ctx.settings.STREAM_MESSAGES)
+    results = await asyncio.gather(
+        *(send(ctx, group_id, MEMBERS[n % 5], f"m{n}") for n in range(50))
+    )
+    assert all(r.created for r in results)
+    assert sorted(r.ack["seq"] for r in results) == list(range(1, 51))
+    rows = await stored(ctx, group_id)
+    assert [m.seq for m in rows] == list(range(1, 51))
+    assert sorted(m.content for m in rows) == sorted(f"m{n}" for n in range(50))
+    by_id = {m.id: m.seq for m in rows}
+    assert all(by_id[r.ack["message_id"]] == r.ack["seq"] for r in results)
+    last_seq = await groups.is_member(ctx, user_id="bob", group_id=group_id)
+    assert last_seq == 50
+    published = []
+    async with asyncio.timeout(10):
+        async for event in events:
+            published.append(event.data["seq"])
+            if len(published) == 50:
+                break
+    assert sorted(published) == list(range(1, 51))
+
+
+async def test_concurrent_sends_to_two_groups_do_not_share_seqs(ctx: ServiceContext) -> None:
+    first, second = await new_group(ctx), await new_group(ctx)
+    results = await asyncio.gather(
+        *(send(ctx, (first, second)[n % 2], "bob", f"m{n}") for n in range(40))
+    )
+    for group_id in (first, second):
+        seqs = sorted(r.ack["seq"] for r in results if r.ack["group_id"] == group_id)
+        assert seqs == list(range(1, 21))
+
+
+async def test_concurrent_retries_store_one_message(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    results = await asyncio.gather(
+        *(send(ctx, group_id, "bob", "only once", client_id="c-1") for _ in range(20))
+    )
+    assert sum(r.created for r in results) == 1
+    assert len({r.ack["message_id"] for r in results}) == 1
+    assert {r.ack["seq"] for r in results} == {1}
+    assert len({r.ack["created_at"] for r in results}) == 1
+    rows = await stored(ctx, group_id)
+    assert [(m.seq, m.content, m.client_msg_id) for m in rows] == [(1, "only once", "c-1")]
+    # No seq was burnt by the losers of the race.
+    assert (await send(ctx, group_id, "bob", "next")).ack["seq"] == 2
+
+
+async def test_mixed_retries_and_new_messages_stay_gap_free(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    calls = [
+        send(ctx, group_id, "carol", f"r{k}", client_id=f"k{k}") for k in range(5) for _ in range(4)
+    ]
+    calls += [send(ctx, group_id, MEMBERS[n % 5], f"u{n}") for n in range(10)]
+    random.Random(7).shuffle(calls)
+    results = await asyncio.gather(*calls)
+    assert sum(r.created for r in results) == 15
+    rows = await stored(ctx, group_id)
+    assert [m.seq for m in rows] == list(range(1, 16))
+    async with ctx.session() as session:
+        per_key = await session.execute(
+            select(Message.client_msg_id, func.count())
+            .where(Message.group_id == group_id, Message.client_msg_id.is_not(None))
+            .group_by(Message.client_msg_id)
+        )
+        assert dict(per_key.all()) == {f"k{k}": 1 for k in range(5)}
+    for k in range(5):
+        acks = {r.ack["message_id"] for r in results if r.message["content"] == f"r{k}"}
+        assert len(acks) == 1
+
+
+async def test_same_client_id_from_two_senders_stores_two(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    results = await asyncio.gather(
+        *(send(ctx, group_id, user, "hi", client_id="same") for user in ("bob", "carol") * 5)
+    )
+    assert sum(r.created for r in results) == 2
+    assert [m.sender_id for m in await stored(ctx, group_id)] in (
+        ["bob", "carol"],
+        ["carol", "bob"],
+    )
+
+
+async def test_read_mark_never_moves_backwards_under_concurrency(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    await asyncio.gather(*(send(ctx, group_id, "alice", f"m{n}") for n in range(30)))
+    targets = [*range(31), 500, 17, 29, 3]
+    random.Random(3).shuffle(targets)
+    marks = await asyncio.gather(
+        *(chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=s) for s in targets)
+    )
+    for target, mark in zip(targets, marks, strict=True):
+        assert mark >= min(target, 30)
+        assert mark <= 30
+    async with ctx.session() as session:
+        assert await ReadMarkRepository(session).get(user_id="bob", group_id=group_id) == 30
+    # Going lower afterwards changes nothing.
+    lower = await asyncio.gather(
+        *(chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=s) for s in range(10))
+    )
+    assert set(lower) == {30}
+
+
+async def test_read_marks_interleaved_with_sends(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    await send(ctx, group_id, "alice", "first")
+
+    async def reader() -> list[int]:
+        seen = []
+        for seq in range(1, 25):
+            seen.append(await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=seq))
+        return seen
+
+    reading = asyncio.create_task(reader())
+    await asyncio.gather(*(send(ctx, group_id, "alice", f"m{n}") for n in range(20)))
+    seen = await reading
+    assert seen == sorted(seen), "the mark went backwards"
+    assert seen[-1] <= 21
+    final = await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=10_000)
+    assert final == 21
