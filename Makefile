@@ -48,6 +48,8 @@ revision: $(STAMP)  ## make revision m="add things"
 	$(VENV)/bin/alembic revision -m "$(m)"
 
 token: $(STAMP)  ## make token USER=alice [NAME=Alice] [ROLE=service]
+	@if [ "$(origin USER)" != "command line" ]; then \
+		echo "usage: make token USER=alice [NAME=Alice] [ROLE=service]" >&2; exit 2; fi
 	@$(PY) -m app token $(USER) $(if $(NAME),--name "$(NAME)") $(if $(ROLE),--role $(ROLE))
 
 clean:

@@ -25,7 +25,10 @@ class InMemoryBus:
         return None
 
     async def disconnect(self) -> None:
-        self._subscribers.clear()
+        for registry in self._subscribers.values():
+            for queue in tuple(registry):
+                _end(queue)
+            registry.clear()
 
     async def healthy(self) -> bool:
         return True
@@ -59,9 +62,23 @@ class _Subscription:
         return self
 
     async def __anext__(self) -> BusEvent:
-        if self._queue not in self._registry:
+        event = await self._queue.get()
+        if event is _END:
+            self._queue.put_nowait(_END)  # stay ended for any later call
             raise StopAsyncIteration
-        return await self._queue.get()
+        return event
 
     async def aclose(self) -> None:
+        """Unsubscribe; a task waiting in `__anext__` ends its iteration."""
         self._registry.discard(self._queue)
+        _end(self._queue)
+
+
+_END = BusEvent(kind="__end__", data={})
+
+
+def _end(queue: asyncio.Queue[BusEvent]) -> None:
+    """Mark a subscriber's queue ended, freeing a publisher blocked on it if it was full."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(_END)

@@ -202,3 +202,31 @@ async def test_healthy_and_disconnect() -> None:
     bus.subscribe(STREAM)
     await bus.disconnect()
     assert registered(bus) == 0
+
+
+async def test_aclose_from_another_task_ends_a_waiting_iteration() -> None:
+    bus = InMemoryBus()
+    subscription = bus.subscribe("s")
+
+    async def consume() -> list[BusEvent]:
+        return [event async for event in subscription]
+
+    consumer = asyncio.create_task(consume())
+    await bus.publish("s", BusEvent("message", {"n": 1}))
+    await asyncio.sleep(0)
+    await subscription.aclose()
+    async with asyncio.timeout(2):
+        got = await consumer
+    assert [e.data["n"] for e in got] == [1]
+
+
+async def test_disconnect_ends_every_subscription() -> None:
+    bus = InMemoryBus()
+    subscriptions = [bus.subscribe("a"), bus.subscribe("b")]
+    waiters = [asyncio.create_task(anext(s)) for s in subscriptions]  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await bus.disconnect()
+    for waiter in waiters:
+        with pytest.raises(StopAsyncIteration):
+            async with asyncio.timeout(2):
+                await waiter
