@@ -24,7 +24,7 @@ test-py: $(STAMP)
 	PYTHONASYNCIODEBUG=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-js:
-	@if command -v node >/dev/null 2>&1 && [ -d tests/js ]; then node --test tests/js/; \
+	@if command -v node >/dev/null 2>&1; then node --test tests/js/ tests/asyncapi/; \
 	elif [ "$$CI" = "true" ]; then echo "node is required for the SDK tests under CI" >&2; exit 1; \
 	else echo "SKIPPED: SDK tests (node not found)"; fi
 
