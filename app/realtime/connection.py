@@ -41,11 +41,15 @@ class Connection:
     """
 
     __slots__ = (
+        "_appended",
         "_closed",
         "_drained",
+        "_exempt",
         "_expiry",
+        "_popped",
         "_wakeup",
         "_writer",
+        "abandoned",
         "close_code",
         "expires_at",
         "floors",
@@ -55,6 +59,8 @@ class Connection:
         "limit",
         "name",
         "queue",
+        "reader",
+        "receiving",
         "remote",
         "state",
         "transport",
@@ -80,7 +86,17 @@ class Connection:
         self.holds: dict[str, list[tuple[int, str]]] = {}
         self.floors: dict[str, int] = {}
         self.queue: deque[str] = deque()
+        # Positions (in append order) of queued replies and replayed frames: they never count
+        # against `limit`, which bounds the live frames a slow client has not read yet.
+        self._exempt: deque[int] = deque()
+        self._appended = 0
+        self._popped = 0
         self.close_code: int | None = None
+        # The task reading from the transport, and whether it is waiting for the peer now:
+        # a peer that reads nothing, not even our close frame, is abandoned (see _close).
+        self.reader: asyncio.Task[None] | None = None
+        self.receiving = False
+        self.abandoned = False
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -102,10 +118,11 @@ class Connection:
         if not self.is_open:
             return False
         queue = self.queue
-        if len(queue) >= self.limit:
+        if len(queue) - len(self._exempt) >= self.limit:
             self.close_soon(CLOSE_TRY_LATER, "send queue overflow: resume to catch up")
             return False
         queue.append(frame)
+        self._appended += 1
         if len(queue) == 1:
             self._wakeup.set()
             self._drained.clear()
@@ -114,7 +131,9 @@ class Connection:
     def push_replay(self, frame: str) -> None:
         """Queue a replayed frame; a replay never trips the slow-consumer limit (SPEC §11)."""
         if self.is_open:
+            self._exempt.append(self._appended)
             self.queue.append(frame)
+            self._appended += 1
             self._wakeup.set()
             self._drained.clear()
 
@@ -137,14 +156,22 @@ class Connection:
 
     async def _write_loop(self) -> None:
         queue = self.queue
+        exempt = self._exempt
         send = self.transport.send_text
+        loop = asyncio.get_running_loop()
         try:
             while self.is_open:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                async with asyncio.timeout(self.write_timeout):
+                async with asyncio.timeout(self.write_timeout) as deadline:
                     while queue:
-                        await send(queue.popleft())
+                        frame = queue.popleft()
+                        if exempt and exempt[0] == self._popped:
+                            exempt.popleft()
+                        self._popped += 1
+                        await send(frame)
+                        if queue:  # the timeout bounds each write, not a whole backlog
+                            deadline.reschedule(loop.time() + self.write_timeout)
                 self._drained.set()
         except TimeoutError:
             self.close_soon(CLOSE_TRY_LATER, "write timeout")
@@ -203,12 +230,31 @@ class Connection:
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
         self.queue.clear()
+        self._exempt.clear()
         try:
-            await self.transport.close(code, reason)
+            # The close frame waits for a writable socket like any frame: bounded likewise.
+            async with asyncio.timeout(self.write_timeout):
+                await self.transport.close(code, reason)
+        except TimeoutError:
+            self._abandon()
         except Exception:  # the socket may already be gone
             pass
         self.state = ConnState.CLOSED
         self._closed.set()
+
+    def _abandon(self) -> None:
+        """The peer reads nothing, not even the close frame, so it will not answer it either:
+        stop the reader waiting for it (the server would otherwise only learn of the socket's
+        end when TCP gives up), so the connection's slot and presence are released now."""
+        reader = self.reader
+        if (
+            reader is not None
+            and self.receiving
+            and reader is not asyncio.current_task()
+            and not reader.done()
+        ):
+            self.abandoned = True
+            reader.cancel()
 
     def mark_closed(self, code: int) -> None:
         """The peer closed first."""

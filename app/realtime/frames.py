@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ CLIENT_TYPES = frozenset(
     {"ping", "auth", "send_message", "join_group", "leave_group", "mark_read", "sync"}
 )
 MAX_MESSAGE_ID = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def now_ms() -> int:
@@ -71,6 +73,9 @@ def parse(text: str) -> ClientFrame:
         not isinstance(message_id, str) or not message_id or len(message_id) > MAX_MESSAGE_ID
     ):
         raise BadRequest(f"message_id must be a non-empty string of at most {MAX_MESSAGE_ID} chars")
+    if message_id is not None and not message_id.isprintable() and _CONTROL.search(message_id):
+        # It becomes the stored idempotency key of send_message: Postgres cannot hold NUL.
+        raise BadRequest("message_id must not contain control characters")
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise FrameError("type must be a string", message_id)
@@ -96,9 +101,13 @@ class FrameError(BadRequest):
 
 
 def field_str(data: dict[str, Any], name: str, *, max_len: int = 64) -> str:
+    """An id field: ids never hold control characters (Postgres cannot even store NUL, and
+    looking one up would fail with a 500 instead of this 400)."""
     value = data.get(name)
     if not isinstance(value, str) or not value or len(value) > max_len:
         raise BadRequest(f"{name} must be a non-empty string of at most {max_len} characters")
+    if not value.isprintable() and _CONTROL.search(value):
+        raise BadRequest(f"{name} must not contain control characters")
     return value
 
 

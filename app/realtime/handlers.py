@@ -121,9 +121,16 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
     hub.attach_user(conn)
     replays: dict[str, int] = {}
     for group_id, last_seq in seqs.items():
-        after = min(resume.get(group_id, last_seq), last_seq)
-        hub.subscribe(conn, group_id, last_seq=last_seq, floor=after)
-        if after < last_seq:
+        resumed = resume.get(group_id)
+        hub.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+        if resumed is None:
+            continue
+        # Seqs the channel delivered live while the membership query ran are past `last_seq`
+        # but no longer live for this connection: the replay must cover them too.
+        upto = max(last_seq, hub.delivered_upto(group_id))
+        after = min(resumed, upto)
+        conn.floors[group_id] = after
+        if after < upto:
             # Hold live frames from this instant, so the replay joins the live stream seamlessly.
             hub.hold(conn, group_id)
             replays[group_id] = after

@@ -125,6 +125,11 @@ class Hub:
     def user_connections(self, user_id: str) -> Iterable[Connection]:
         return tuple(self.by_user.get(user_id, ()))
 
+    def delivered_upto(self, group_id: str) -> int:
+        """The last seq of the group delivered live here (0 when nobody here follows it)."""
+        channel = self.channels.get(group_id)
+        return channel.expected - 1 if channel is not None else 0
+
     @property
     def online_user_ids(self) -> set[str]:
         return set(self.by_user)
@@ -244,6 +249,13 @@ class Hub:
             if data["added"]:
                 if group_id not in conn.groups:
                     self.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+                    if self.delivered_upto(group_id) > last_seq:
+                        # Messages sent after the add overtook it (they travel on another
+                        # stream): replay them to this connection, joined to the live stream.
+                        self.hold(conn, group_id)
+                        self._spawn(
+                            self.replay(conn, group_id, after_seq=last_seq, limit=GAP_FILL_BATCH)
+                        )
             else:
                 self.unsubscribe(conn, group_id)
 

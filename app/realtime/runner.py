@@ -45,9 +45,11 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
     auth_deadline = loop.time() + settings.WS_AUTH_TIMEOUT
 
     async with rt.hub.register(conn):
+        conn.reader = asyncio.current_task()
         conn.start_writer()
         try:
             while conn.is_open:
+                conn.receiving = True
                 try:
                     if conn.state is ConnState.AWAITING_AUTH:
                         async with asyncio.timeout_at(auth_deadline):
@@ -55,8 +57,10 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
                     else:
                         message = await transport.receive()
                 except TimeoutError:
+                    conn.receiving = False
                     await conn.close(CLOSE_POLICY, "authentication timeout", flush=True)
                     break
+                conn.receiving = False
                 if isinstance(message, bytes):
                     receive_errors.inc()
                     await conn.close(CLOSE_UNSUPPORTED, "binary frames are not accepted")
@@ -74,8 +78,11 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
         except TransportClosed as closed:
             conn.mark_closed(closed.code)
         except asyncio.CancelledError:
-            conn.mark_closed(1012)
-            raise
+            task = asyncio.current_task()
+            if not conn.abandoned or task is None or task.uncancel() > 0:
+                conn.mark_closed(1012)
+                raise
+            # Our own cancel (Connection._abandon): the peer is gone for us; clean up below.
         except Exception:
             log.exception("[WS] connection %s failed", conn.id)
             await conn.close(1011, "internal error")
