@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     WS_MAX_AUTH_FAILURES: int = Field(3, ge=1)
     WS_SHUTDOWN_TIMEOUT: float = Field(5, gt=0)
     WS_PER_MESSAGE_DEFLATE: bool = False
+    WS_DIRECT_WRITES: bool = True
     TRUSTED_PROXIES: Annotated[list[str], NoDecode] = Field(default_factory=list)
     RATE_LIMIT_MESSAGES_PER_SECOND: float = Field(10, gt=0)
     RATE_LIMIT_BURST: int = Field(20, ge=1)

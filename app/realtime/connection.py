@@ -9,7 +9,8 @@ import logging
 import time
 from collections import deque
 
-from app.realtime.transport import Transport, TransportClosed
+from app.realtime.frames import Frame, Outgoing, text_of, wire_of
+from app.realtime.transport import DirectWire, Transport, TransportClosed
 
 log = logging.getLogger("app.realtime")
 
@@ -41,6 +42,7 @@ class Connection:
     """
 
     __slots__ = (
+        "direct",
         "_appended",
         "_closed",
         "_drained",
@@ -73,6 +75,8 @@ class Connection:
     ) -> None:
         self.id = f"c{next(_ids)}"
         self.transport = transport
+        # The transport's direct path (pre-built frames written straight to the socket), if any.
+        self.direct: DirectWire | None = getattr(transport, "direct", None)
         self.remote = remote
         self.limit = queue_limit
         self.write_timeout = write_timeout
@@ -83,9 +87,9 @@ class Connection:
         self.groups: set[str] = set()
         # Replay bookkeeping (resume/sync): live frames held while a group replays, and the
         # last replayed seq below which live frames are duplicates.
-        self.holds: dict[str, list[tuple[int, str]]] = {}
+        self.holds: dict[str, list[tuple[int, Outgoing]]] = {}
         self.floors: dict[str, int] = {}
-        self.queue: deque[str] = deque()
+        self.queue: deque[Outgoing] = deque()
         # Positions (in append order) of queued replies and replayed frames: they never count
         # against `limit`, which bounds the live frames a slow client has not read yet.
         self._exempt: deque[int] = deque()
@@ -113,11 +117,22 @@ class Connection:
 
     # -- sending -------------------------------------------------------------------------
 
-    def push(self, frame: str) -> bool:
-        """Queue a frame without waiting; False (and a 1013 close) when the queue is full."""
+    def push(self, frame: Outgoing) -> bool:
+        """Queue a frame without waiting; False (and a 1013 close) when the queue is full.
+
+        On the direct path a frame goes straight into the socket's buffer while the socket
+        keeps up (the common case: no queue, no task wake-up); only a backed-up socket makes
+        frames wait here, bounded by `limit`.
+        """
         if not self.is_open:
             return False
         queue = self.queue
+        direct = self.direct
+        if direct is not None and not queue and direct.writable.is_set():
+            if direct.transport.is_closing():
+                return False
+            direct.transport.write(frame.wire if isinstance(frame, Frame) else wire_of(frame))
+            return True
         if len(queue) - len(self._exempt) >= self.limit:
             self.close_soon(CLOSE_TRY_LATER, "send queue overflow: resume to catch up")
             return False
@@ -128,8 +143,13 @@ class Connection:
             self._drained.clear()
         return True
 
-    def push_replay(self, frame: str) -> None:
+    def push_replay(self, frame: Outgoing) -> None:
         """Queue a replayed frame; a replay never trips the slow-consumer limit (SPEC §11)."""
+        direct = self.direct
+        if direct is not None and self.is_open and not self.queue and direct.writable.is_set():
+            if not direct.transport.is_closing():
+                direct.transport.write(wire_of(frame))
+            return
         if self.is_open:
             self._exempt.append(self._appended)
             self.queue.append(frame)
@@ -137,7 +157,7 @@ class Connection:
             self._wakeup.set()
             self._drained.clear()
 
-    def push_message(self, group_id: str, seq: int, frame: str) -> None:
+    def push_message(self, group_id: str, seq: int, frame: Outgoing) -> None:
         """Live group message: held during a replay, dropped when the replay covered it."""
         held = self.holds.get(group_id) if self.holds else None
         if held is not None:
@@ -152,7 +172,39 @@ class Connection:
         self.push(frame)
 
     def start_writer(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        loop = asyncio.get_running_loop()
+        if self.direct is not None:
+            self._writer = loop.create_task(self._direct_loop(self.direct))
+        else:
+            self._writer = loop.create_task(self._write_loop())
+
+    async def _direct_loop(self, direct: DirectWire) -> None:
+        """Only for a backed-up socket: wait until it drains, then hand it what queued up."""
+        queue = self.queue
+        try:
+            while self.is_open:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while queue:
+                    async with asyncio.timeout(self.write_timeout):
+                        await direct.writable.wait()
+                    if direct.transport.is_closing():
+                        raise TransportClosed(1006)
+                    batch = [wire_of(frame) for frame in queue]
+                    queue.clear()
+                    self._exempt.clear()
+                    self._popped = self._appended
+                    direct.transport.writelines(batch)
+                self._drained.set()
+        except TimeoutError:
+            self.close_soon(CLOSE_TRY_LATER, "write timeout")
+        except TransportClosed:
+            self.close_soon(1006, "")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("[WS] writer of %s failed", self.id)
+            self.close_soon(1011, "internal error")
 
     async def _write_loop(self) -> None:
         queue = self.queue
@@ -169,7 +221,7 @@ class Connection:
                         if exempt and exempt[0] == self._popped:
                             exempt.popleft()
                         self._popped += 1
-                        await send(frame)
+                        await send(text_of(frame))
                         if queue:  # the timeout bounds each write, not a whole backlog
                             deadline.reschedule(loop.time() + self.write_timeout)
                 self._drained.set()

@@ -21,23 +21,73 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def encode(
-    type: str, data: dict[str, Any], *, message_id: str | None = None, timestamp: int | None = None
-) -> str:
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (RFC 6455 §5.2) carrying `payload`."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class Frame:
+    """A frame pushed to many connections, encoded once: its JSON text (for the ASGI path)
+    and its wire bytes (for the direct path). A server-to-client frame is not masked, so the
+    bytes are the same for every recipient."""
+
+    __slots__ = ("text", "wire")
+
+    def __init__(self, payload: bytes) -> None:
+        self.text = payload.decode()
+        self.wire = text_frame(payload)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.text[:60]!r})"
+
+
+Outgoing = str | Frame  # a one-off reply (str) or a shared push (Frame)
+
+
+def wire_of(frame: Outgoing) -> bytes:
+    return frame.wire if isinstance(frame, Frame) else text_frame(frame.encode())
+
+
+def text_of(frame: Outgoing) -> str:
+    return frame.text if isinstance(frame, Frame) else frame
+
+
+def _envelope(
+    type: str, data: dict[str, Any], message_id: str | None, timestamp: int | None
+) -> bytes:
     frame: dict[str, Any] = {"type": type}
     if message_id is not None:
         frame["message_id"] = message_id
     frame["timestamp"] = now_ms() if timestamp is None else timestamp
     frame["data"] = data
-    return orjson.dumps(frame).decode()
+    return orjson.dumps(frame)
 
 
-def new_message(data: dict[str, Any]) -> str:
-    return encode("new_message", data, message_id=data["message_id"], timestamp=data["created_at"])
+def encode(
+    type: str, data: dict[str, Any], *, message_id: str | None = None, timestamp: int | None = None
+) -> str:
+    """A reply to one connection."""
+    return _envelope(type, data, message_id, timestamp).decode()
 
 
-def notification(data: dict[str, Any]) -> str:
-    return encode(
+def shared(
+    type: str, data: dict[str, Any], *, message_id: str | None = None, timestamp: int | None = None
+) -> Frame:
+    """A frame pushed to many connections: encoded and framed once."""
+    return Frame(_envelope(type, data, message_id, timestamp))
+
+
+def new_message(data: dict[str, Any]) -> Frame:
+    return shared("new_message", data, message_id=data["message_id"], timestamp=data["created_at"])
+
+
+def notification(data: dict[str, Any]) -> Frame:
+    return shared(
         "notification", data, message_id=data["notification_id"], timestamp=data["created_at"]
     )
 

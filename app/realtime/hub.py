@@ -13,6 +13,7 @@ from app import metrics
 from app.bus.base import Bus, BusEvent
 from app.realtime import frames
 from app.realtime.connection import Connection
+from app.realtime.frames import Outgoing
 from app.schemas import events
 
 log = logging.getLogger("app.realtime.hub")
@@ -36,7 +37,7 @@ class Channel:
         self.group_id = group_id
         self.expected = last_seq + 1
         self.members: set[Connection] = set()
-        self.pending: dict[int, str] = {}
+        self.pending: dict[int, Outgoing] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.filling = False
 
@@ -172,7 +173,7 @@ class Hub:
         self._emit(channel, seq, frame)
         self._drain_pending(channel)
 
-    def _emit(self, channel: Channel, seq: int, frame: str) -> None:
+    def _emit(self, channel: Channel, seq: int, frame: Outgoing) -> None:
         group_id = channel.group_id
         for conn in channel.members:
             conn.push_message(group_id, seq, frame)
@@ -263,7 +264,7 @@ class Hub:
         peers = self.by_user.get(data["user_id"])
         if not peers:
             return
-        frame = frames.encode(
+        frame = frames.shared(
             "read_update",
             {"group_id": data["group_id"], "last_read_seq": data["last_read_seq"]},
         )

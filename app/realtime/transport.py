@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 
@@ -11,6 +12,13 @@ class TransportClosed(Exception):
     def __init__(self, code: int = 1006) -> None:
         self.code = code
         super().__init__(f"transport closed ({code})")
+
+
+class DirectWire(Protocol):
+    """A socket that takes pre-built frames synchronously (the fan-out fast path)."""
+
+    transport: asyncio.Transport
+    writable: asyncio.Event  # cleared while the socket's buffer is over its high-water mark
 
 
 class Transport(Protocol):

@@ -122,7 +122,7 @@ def test_encode_without_message_id_omits_it() -> None:
 
 def test_new_message_envelope_carries_server_id_and_created_at() -> None:
     data = message("g", 3, content="héllo ✓")
-    decoded = orjson.loads(frames.new_message(data))
+    decoded = orjson.loads(frames.new_message(data).text)
     assert decoded == {
         "type": "new_message",
         "message_id": data["message_id"],

@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api.wire import direct_wire
 from app.config import Settings
 from app.realtime.handlers import Runtime
 from app.realtime.runner import run_connection
-from app.realtime.transport import TransportClosed
+from app.realtime.transport import DirectWire, TransportClosed
 
 log = logging.getLogger("app.realtime")
 
@@ -23,11 +24,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class AsgiTransport:
     """The Transport protocol over raw ASGI receive/send (no per-frame Starlette overhead)."""
 
-    __slots__ = ("_receive", "_send")
+    __slots__ = ("_receive", "_send", "direct")
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, *, direct: bool = True) -> None:
         self._receive = receive
         self._send = send
+        self.direct: DirectWire | None = direct_wire(receive) if direct else None
 
     async def receive(self) -> str | bytes:
         message = await self._receive()
@@ -130,7 +132,8 @@ class WebSocketEndpoint:
             await _deny(scope, send, 503, "instance full")
             return
         await send({"type": "websocket.accept"})
-        await run_connection(AsgiTransport(receive, send), rt, remote=ip)
+        transport = AsgiTransport(receive, send, direct=settings.WS_DIRECT_WRITES)
+        await run_connection(transport, rt, remote=ip)
 
 
 async def _deny(scope: Scope, send: Send, status: int, detail: str) -> None:

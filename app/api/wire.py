@@ -1,0 +1,45 @@
+"""The direct path on uvicorn's `websockets-sansio` connections (the fan-out fast path).
+
+The hub builds every pushed frame's wire bytes once (server frames are unmasked, so they are
+the same for every recipient) and a connection writes them straight into its socket's buffer,
+skipping uvicorn's per-message ASGI `websocket.send` (an awaited call, a framing pass and a
+write per recipient). This reaches into uvicorn's protocol object, so it is pinned: used only
+with the uvicorn versions below and only when the object has what it needs; anything else,
+and `WS_DIRECT_WRITES=false`, takes the plain ASGI path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.realtime.transport import DirectWire
+
+SUPPORTED_UVICORN = ((0, 30), (0, 60))  # [from, to): the sansio protocol as read for 0.54
+PROTOCOL = ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol")
+
+
+def _uvicorn_supported() -> bool:
+    import uvicorn
+
+    try:
+        version = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    low, high = SUPPORTED_UVICORN
+    return low <= version < high
+
+
+def direct_wire(receive: Any) -> DirectWire | None:
+    """uvicorn's protocol object behind this connection's `receive`, when it can be trusted
+    with direct writes: it owns the asyncio transport and the `writable` flow-control event."""
+    proto = getattr(receive, "__self__", None)
+    kind = type(proto)
+    if proto is None or (kind.__module__, kind.__name__) != PROTOCOL:
+        return None
+    if not _uvicorn_supported():
+        return None
+    transport = getattr(proto, "transport", None)
+    writable = getattr(proto, "writable", None)
+    if transport is None or writable is None or not hasattr(transport, "write"):
+        return None
+    return proto  # type: ignore[no-any-return]

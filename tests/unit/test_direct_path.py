@@ -1,0 +1,156 @@
+"""The direct path: pre-built frames written straight into the socket's buffer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from app.api.wire import direct_wire
+from app.realtime import frames
+from app.realtime.connection import Connection
+from tests.fakes import FakeTransport
+
+
+class FakeSocket:
+    """An asyncio transport stand-in that records the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.chunks.append(b"".join(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class DirectFake(FakeTransport):
+    """FakeTransport (for receive/close) with a direct wire whose writability a test flips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket = FakeSocket()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.direct = self
+        self.transport = self.socket
+
+
+def parse_frames(data: bytes) -> list[dict[str, Any]]:
+    """Decode unmasked text frames (RFC 6455 §5.2) back to JSON objects."""
+    out = []
+    i = 0
+    while i < len(data):
+        assert data[i] == 0x81, "FIN + text opcode"
+        n = data[i + 1]
+        i += 2
+        assert n & 0x80 == 0, "server frames are not masked"
+        if n == 126:
+            n = int.from_bytes(data[i : i + 2], "big")
+            i += 2
+        elif n == 127:
+            n = int.from_bytes(data[i : i + 8], "big")
+            i += 8
+        out.append(orjson.loads(data[i : i + n]))
+        i += n
+    return out
+
+
+def connection(transport: DirectFake, *, limit: int = 4, write_timeout: float = 5.0) -> Connection:
+    conn = Connection(transport, queue_limit=limit, write_timeout=write_timeout)
+    conn.start_writer()
+    return conn
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_text_frame_lengths(size: int) -> None:
+    payload = orjson.dumps({"content": "x" * size})
+    assert parse_frames(frames.text_frame(payload)) == [{"content": "x" * size}]
+
+
+def test_a_shared_frame_is_built_once() -> None:
+    frame = frames.new_message(
+        {"message_id": "m", "group_id": "g", "seq": 1, "created_at": 5, "content": "é"}
+    )
+    assert frame.wire is frame.wire and frames.wire_of(frame) is frame.wire
+    assert parse_frames(frame.wire) == [orjson.loads(frame.text)]
+
+
+async def test_frames_go_straight_to_the_socket_in_order() -> None:
+    transport = DirectFake()
+    conn = connection(transport)
+    shared = frames.shared("notification", {"n": 1})
+    assert conn.push(shared)
+    conn.push_replay(frames.encode("pong", {}))
+    assert conn.push('{"type":"x","data":{}}')
+    # no task ran in between: every frame is already in the socket's buffer
+    assert [f["type"] for f in parse_frames(b"".join(transport.socket.chunks))] == [
+        "notification", "pong", "x",
+    ]
+    assert transport.sent == []  # nothing took the ASGI path
+
+
+async def test_a_backed_up_socket_queues_then_flushes_in_order_when_it_drains() -> None:
+    transport = DirectFake()
+    conn = connection(transport, limit=4)
+    transport.writable.clear()
+    for i in range(4):
+        assert conn.push(frames.shared("m", {"i": i}))
+    conn.push_replay(frames.encode("ack", {"i": 4}))  # a reply never trips the limit
+    assert transport.socket.chunks == []
+    transport.writable.set()
+    await asyncio.wait_for(conn.flush(), 2)
+    got = parse_frames(b"".join(transport.socket.chunks))
+    assert [f["data"]["i"] for f in got] == [0, 1, 2, 3, 4]
+    assert conn.push(frames.shared("m", {"i": 5}))  # and straight through again
+    assert parse_frames(transport.socket.chunks[-1])[0]["data"]["i"] == 5
+
+
+async def test_a_socket_that_stays_backed_up_overflows_with_1013() -> None:
+    transport = DirectFake()
+    conn = connection(transport, limit=2)
+    transport.writable.clear()
+    assert conn.push("a") and conn.push("b")
+    assert conn.push("c") is False
+    assert await transport.wait_closed() == 1013
+
+
+async def test_a_socket_that_never_drains_hits_the_write_timeout() -> None:
+    transport = DirectFake()
+    conn = connection(transport, limit=100, write_timeout=0.05)
+    transport.writable.clear()
+    assert conn.push("a")
+    assert await transport.wait_closed() == 1013
+
+
+async def test_nothing_is_written_to_a_closing_socket() -> None:
+    transport = DirectFake()
+    conn = connection(transport)
+    transport.socket.closing = True
+    assert conn.push("a") is False
+    assert transport.socket.chunks == []
+
+
+def test_direct_wire_only_for_uvicorns_sansio_protocol() -> None:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    proto = object.__new__(WebSocketsSansIOProtocol)
+    proto.transport = FakeSocket()  # type: ignore[assignment]
+    proto.writable = asyncio.Event()
+    assert direct_wire(proto.receive) is proto
+
+    class Other:
+        transport = FakeSocket()
+        writable = asyncio.Event()
+
+        async def receive(self) -> None: ...
+
+    assert direct_wire(Other().receive) is None
+    assert direct_wire(lambda: None) is None
