@@ -134,15 +134,33 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
             # Hold live frames from this instant, so the replay joins the live stream seamlessly.
             hub.hold(conn, group_id)
             replays[group_id] = after
-    await s.rt.presence.connect(claims.user_id, conn.id, seqs)
-    s.reply(
-        "auth_success",
-        frame,
-        {"user_id": claims.user_id, "groups": sorted(seqs), "expires_at": claims.expires_at * 1000},
-    )
-    log.info("[WS] User %s connected from %s", claims.user_id, conn.remote)
-    for group_id, after in replays.items():
-        await hub.replay(conn, group_id, after_seq=after, limit=settings.WS_RESUME_LIMIT)
+    # Load every replay first, so auth_success can say where each one ends (has_more: the
+    # client pages on with `sync`); the frames follow it, joined to the live stream.
+    loaded: dict[str, list[dict[str, Any]]] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    try:
+        for group_id, after in replays.items():
+            rows, has_more = await hub.load_replay(
+                group_id, after_seq=after, limit=settings.WS_RESUME_LIMIT
+            )
+            loaded[group_id] = rows
+            last = int(rows[-1]["seq"]) if rows else after
+            summary[group_id] = {"last_seq": last, "has_more": has_more}
+        await s.rt.presence.connect(claims.user_id, conn.id, seqs)
+        s.reply(
+            "auth_success",
+            frame,
+            {
+                "user_id": claims.user_id,
+                "groups": sorted(seqs),
+                "expires_at": claims.expires_at * 1000,
+                "resume": summary,
+            },
+        )
+        log.info("[WS] User %s connected from %s", claims.user_id, conn.remote)
+    finally:
+        for group_id, after in replays.items():
+            hub.emit_replay(conn, group_id, after_seq=after, rows=loaded.get(group_id, []))
 
 
 async def on_send_message(s: Session, frame: ClientFrame) -> None:

@@ -296,17 +296,32 @@ class Hub:
         """Push stored messages after `after_seq` (at most `limit`), seamlessly joined to the
         live stream. Returns (last seq sent or after_seq, has_more)."""
         self.hold(conn, group_id)
-        last = after_seq
+        rows: list[dict[str, Any]] = []
         try:
-            rows = await self.fetch_after(group_id, after_seq, limit + 1)
-            has_more = len(rows) > limit
-            for data in rows[:limit]:
-                conn.push_replay(frames.new_message(data))
-                last = int(data["seq"])
-            self._m_replayed.inc(min(len(rows), limit))
+            rows, has_more = await self.load_replay(group_id, after_seq=after_seq, limit=limit)
         finally:
-            self.release(conn, group_id, last)
+            last = self.emit_replay(conn, group_id, after_seq=after_seq, rows=rows)
         return last, has_more
+
+    async def load_replay(
+        self, group_id: str, *, after_seq: int, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Stored messages after `after_seq` (at most `limit`) and whether more follow."""
+        rows = await self.fetch_after(group_id, after_seq, limit + 1)
+        return rows[:limit], len(rows) > limit
+
+    def emit_replay(
+        self, conn: Connection, group_id: str, *, after_seq: int, rows: list[dict[str, Any]]
+    ) -> int:
+        """Push loaded replay rows, then release the live frames held meanwhile; returns the
+        last seq replayed (or `after_seq`)."""
+        last = after_seq
+        for data in rows:
+            conn.push_replay(frames.new_message(data))
+            last = int(data["seq"])
+        self._m_replayed.inc(len(rows))
+        self.release(conn, group_id, last)
+        return last
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -456,6 +456,23 @@ describe('ordering and recovery', () => {
     assert.deepEqual(h.client.lastSeqs(), { g1: 9 });
   });
 
+  test('a resume that stopped at the server limit pages on with sync after its last frame', async () => {
+    const h = setup({ initialSeqs: { g1: 5, g2: 1 }, syncLimit: 50 });
+    const ws = await authenticate(h, {
+      resume: { g1: { last_seq: 7, has_more: true }, g2: { last_seq: 3, has_more: false } },
+    });
+    assert.equal(ws.of('sync').length, 0, 'not before the replayed frames');
+    ws.receive('new_message', msg(6));
+    ws.receive('new_message', msg(2, 'g2'));
+    ws.receive('new_message', msg(3, 'g2'));
+    assert.equal(ws.of('sync').length, 0);
+    ws.receive('new_message', msg(7));
+    const syncs = ws.of('sync');
+    assert.equal(syncs.length, 1, 'only the group that has more');
+    assert.deepEqual(syncs[0].data, { group_id: 'g1', after_seq: 7, limit: 50 });
+    assert.deepEqual(h.delivered(), [6, 7]);
+  });
+
   test('has_more keeps syncing from the new last seq', async () => {
     const h = setup({ initialSeqs: { g1: 0 }, syncLimit: 2 });
     const ws = await authenticate(h);

@@ -202,6 +202,7 @@ export class CampusHubClient {
   #gaps = new Map(); // group_id → {buffer: Map<seq, message>, syncing: Promise | null}
   #left = new Set(); // groups the app left: left again after a reconnect
   #joined = new Set(); // groups the app joined: joined again if auth_success does not list them
+  #resumeEnds = new Map(); // group → last seq of a resume replay that stopped at the server's limit
 
   /** @param {import('./campushub.d.ts').CampusHubOptions} options */
   constructor(options = {}) {
@@ -528,6 +529,14 @@ export class CampusHubClient {
     // Subscriptions and queued requests go out before the app hears `connected`, so a send
     // made from a listener cannot overtake the older queued ones.
     this.#restoreSubscriptions(data.groups);
+    // A resume replay stopped at the server's limit (`has_more`): page on with `sync` once its
+    // last frame has arrived (the replayed frames follow auth_success).
+    this.#resumeEnds.clear();
+    for (const [groupId, info] of Object.entries(data.resume ?? {})) {
+      if (!info?.has_more) continue;
+      if ((this.#seqs.get(groupId) ?? -1) >= info.last_seq) this.#backgroundSync(groupId);
+      else this.#resumeEnds.set(groupId, info.last_seq);
+    }
     this.#flushOutbox();
     this.#setState('connected');
     this.#events.emit('auth', data);
@@ -774,6 +783,10 @@ export class CampusHubClient {
     if (seq === last + 1) {
       this.#deliver(groupId, message);
       this.#drain(groupId);
+      if (this.#resumeEnds.get(groupId) === seq) {
+        this.#resumeEnds.delete(groupId);
+        this.#backgroundSync(groupId);
+      }
       return;
     }
     // Past the cap a message is dropped: the sync that fills the gap replays it anyway.
