@@ -111,29 +111,20 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
         )
         return
 
-    seqs = await groups.group_seqs(s.rt.ctx, user_id=claims.user_id)
-    if not conn.is_open:
-        return
-    conn.user_id, conn.name = claims.user_id, claims.name
-    conn.state = ConnState.AUTHENTICATED
-    conn.set_expiry(claims.expires_at)
     hub = s.rt.hub
-    hub.attach_user(conn)
-    replays: dict[str, int] = {}
-    for group_id, last_seq in seqs.items():
-        resumed = resume.get(group_id)
-        hub.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
-        if resumed is None:
-            continue
-        # Seqs the channel delivered live while the membership query ran are past `last_seq`
-        # but no longer live for this connection: the replay must cover them too.
-        upto = max(last_seq, hub.delivered_upto(group_id))
-        after = min(resumed, upto)
-        conn.floors[group_id] = after
-        if after < upto:
-            # Hold live frames from this instant, so the replay joins the live stream seamlessly.
-            hub.hold(conn, group_id)
-            replays[group_id] = after
+    with hub.membership_log(claims.user_id) as changes:
+        seqs = await groups.group_seqs(s.rt.ctx, user_id=claims.user_id)
+        if not conn.is_open:
+            return
+        conn.user_id, conn.name = claims.user_id, claims.name
+        conn.state = ConnState.AUTHENTICATED
+        conn.set_expiry(claims.expires_at)
+        hub.attach_user(conn)
+        replays = _subscribe_all(hub, conn, seqs, resume)
+        for change in changes:  # membership changed while the groups were read
+            if not change["added"]:
+                replays.pop(change["group_id"], None)
+            hub.apply_membership(conn, change)
     # Load every replay first, so auth_success can say where each one ends (has_more: the
     # client pages on with `sync`); the frames follow it, joined to the live stream.
     loaded: dict[str, list[dict[str, Any]]] = {}
@@ -146,13 +137,13 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
             loaded[group_id] = rows
             last = int(rows[-1]["seq"]) if rows else after
             summary[group_id] = {"last_seq": last, "has_more": has_more}
-        await s.rt.presence.connect(claims.user_id, conn.id, seqs)
+        await s.rt.presence.connect(claims.user_id, conn.id, tuple(conn.groups))
         s.reply(
             "auth_success",
             frame,
             {
                 "user_id": claims.user_id,
-                "groups": sorted(seqs),
+                "groups": sorted(conn.groups),
                 "expires_at": claims.expires_at * 1000,
                 "resume": summary,
             },
@@ -161,6 +152,29 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
     finally:
         for group_id, after in replays.items():
             hub.emit_replay(conn, group_id, after_seq=after, rows=loaded.get(group_id, []))
+
+
+def _subscribe_all(
+    hub: Hub, conn: Connection, seqs: dict[str, int], resume: dict[str, int]
+) -> dict[str, int]:
+    """Subscribe to every group; returns {group_id: after_seq} of the replays a resume needs."""
+    replays: dict[str, int] = {}
+    for group_id, last_seq in seqs.items():
+        resumed = resume.get(group_id)
+        if resumed is None:
+            hub.join(conn, group_id, last_seq=last_seq)
+            continue
+        hub.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+        # Seqs the channel delivered live while the membership query ran are past `last_seq`
+        # but no longer live for this connection: the replay must cover them too.
+        upto = max(last_seq, hub.delivered_upto(group_id))
+        after = min(resumed, upto)
+        conn.floors[group_id] = after
+        if after < upto:
+            # Hold live frames from this instant, so the replay joins the live stream seamlessly.
+            hub.hold(conn, group_id)
+            replays[group_id] = after
+    return replays
 
 
 async def on_send_message(s: Session, frame: ClientFrame) -> None:
@@ -190,8 +204,8 @@ async def on_join_group(s: Session, frame: ClientFrame) -> None:
     last_seq = await groups.is_member(s.rt.ctx, user_id=conn.user_id, group_id=group_id)
     if last_seq is None:
         raise NotMember()
-    if conn.is_open and group_id not in conn.groups:
-        s.rt.hub.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+    if conn.is_open:
+        s.rt.hub.join(conn, group_id, last_seq=last_seq)
     s.reply("ack", frame, {"group_id": group_id, "success": True, "last_seq": last_seq})
     log.info("[WS] User %s joined group %s", conn.user_id, group_id)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from app import metrics
@@ -20,6 +21,7 @@ log = logging.getLogger("app.realtime.hub")
 
 FetchAfter = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
 GAP_FILL_BATCH = 500
+RECENT_NOTIFICATIONS = 10_000
 
 
 class Channel:
@@ -60,6 +62,8 @@ class Hub:
         self.channels: dict[str, Channel] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stream_seen: dict[str, float] = {}
+        self._membership_logs: dict[str, list[list[dict[str, Any]]]] = {}
+        self._recent_notifications: OrderedDict[str, None] = OrderedDict()
         self._m_connections = metrics.CONNECTIONS.labels(service)
         self._m_online = metrics.ONLINE_USERS.labels(service)
         self._m_send = metrics.MESSAGES.labels("send", service)
@@ -235,6 +239,14 @@ class Hub:
         peers = self.by_user.get(data["user_id"])
         if not peers:
             return
+        # The outbox relay may publish an entry twice (a crash between publish and delete):
+        # a notification id seen lately is not pushed again.
+        notification_id = data["notification_id"]
+        if notification_id in self._recent_notifications:
+            return
+        self._recent_notifications[notification_id] = None
+        if len(self._recent_notifications) > RECENT_NOTIFICATIONS:
+            self._recent_notifications.popitem(last=False)
         body = {k: v for k, v in data.items() if k != "user_id"}
         frame = frames.notification(body)
         for conn in peers:
@@ -242,23 +254,43 @@ class Hub:
         self._m_send.inc(len(peers))
 
     def _on_membership(self, data: dict[str, Any]) -> None:
-        group_id, user_id = data["group_id"], data["user_id"]
-        last_seq = int(data["last_seq"])
+        user_id = data["user_id"]
+        for changes in self._membership_logs.get(user_id, ()):
+            changes.append(data)
         for conn in self.user_connections(user_id):
-            if not conn.is_open or conn.user_id is None:
-                continue
-            if data["added"]:
-                if group_id not in conn.groups:
-                    self.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
-                    if self.delivered_upto(group_id) > last_seq:
-                        # Messages sent after the add overtook it (they travel on another
-                        # stream): replay them to this connection, joined to the live stream.
-                        self.hold(conn, group_id)
-                        self._spawn(
-                            self.replay(conn, group_id, after_seq=last_seq, limit=GAP_FILL_BATCH)
-                        )
-            else:
-                self.unsubscribe(conn, group_id)
+            if conn.is_open and conn.user_id is not None:
+                self.apply_membership(conn, data)
+
+    def apply_membership(self, conn: Connection, data: dict[str, Any]) -> None:
+        if data["added"]:
+            self.join(conn, data["group_id"], last_seq=int(data["last_seq"]))
+        else:
+            self.unsubscribe(conn, data["group_id"])
+
+    def join(self, conn: Connection, group_id: str, *, last_seq: int) -> None:
+        """Subscribe `conn` live after `last_seq`, read from the database a moment ago: seqs
+        the channel delivered meanwhile (they can overtake a membership event, which travels
+        on another stream) are replayed to it, joined to the live stream."""
+        if group_id in conn.groups:
+            return
+        self.subscribe(conn, group_id, last_seq=last_seq, floor=last_seq)
+        if self.delivered_upto(group_id) > last_seq:
+            self.hold(conn, group_id)
+            self._spawn(self.replay(conn, group_id, after_seq=last_seq, limit=GAP_FILL_BATCH))
+
+    @contextmanager
+    def membership_log(self, user_id: str) -> Iterator[list[dict[str, Any]]]:
+        """Collect the user's membership changes while its auth reads its groups, so a change
+        that lands during that read is applied after it rather than lost."""
+        changes: list[dict[str, Any]] = []
+        logs = self._membership_logs.setdefault(user_id, [])
+        logs.append(changes)
+        try:
+            yield changes
+        finally:
+            logs.remove(changes)
+            if not logs:
+                del self._membership_logs[user_id]
 
     def _on_read(self, data: dict[str, Any]) -> None:
         peers = self.by_user.get(data["user_id"])

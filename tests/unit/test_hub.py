@@ -425,3 +425,53 @@ async def test_member_added_after_its_first_messages_arrived_gets_them_replayed(
     hub.deliver(msg_event(11))
     await bob_t.wait_sent(4)
     assert seqs(bob_t) == [8, 9, 10, 11]
+
+
+def membership(group_id: str, user: str, *, added: bool, last_seq: int = 0) -> BusEvent:
+    data = events.membership_event(group_id=group_id, user_id=user, added=added, last_seq=last_seq)
+    return BusEvent(events.MEMBERSHIP, data)
+
+
+async def test_membership_changes_during_an_auth_read_are_collected_for_it() -> None:
+    hub = make_hub()
+    with hub.membership_log("bob") as changes:
+        hub.deliver(membership("g9", "bob", added=False))
+        hub.deliver(membership("g8", "carol", added=True))
+        hub.deliver(membership("g7", "bob", added=True, last_seq=4))
+    assert [(c["group_id"], c["added"]) for c in changes] == [("g9", False), ("g7", True)]
+    assert hub._membership_logs == {}, "the log is dropped once the auth is done"
+    hub.deliver(membership("g6", "bob", added=True))
+    assert len(changes) == 2
+
+
+async def test_join_replays_what_the_channel_delivered_since_the_read() -> None:
+    store = FakeStore()
+    for seq in (3, 4):
+        store.add(G, seq)
+    hub = make_hub(store)
+    first = FakeTransport()
+    join(hub, make_conn(first), last_seq=2)
+    hub.deliver(msg_event(3))
+    hub.deliver(msg_event(4))
+    await first.wait_sent(2)
+    # a second connection read last_seq=2 from the database before 3 and 4 went by
+    late = FakeTransport()
+    conn = make_conn(late, user="bob")
+    hub.attach_user(conn)
+    hub.join(conn, G, last_seq=2)
+    hub.deliver(msg_event(5))
+    await late.wait_sent(3)
+    assert seqs(late) == [3, 4, 5]
+
+
+async def test_a_notification_published_twice_is_pushed_once() -> None:
+    hub = make_hub()
+    transport = FakeTransport()
+    hub.attach_user(make_conn(transport, user="erin"))
+    data = {"user_id": "erin", "notification_id": "n1", "type": "t", "title": "x",
+            "content": "", "created_at": 1}
+    hub.deliver(BusEvent(events.NOTIFICATION, data))
+    hub.deliver(BusEvent(events.NOTIFICATION, dict(data)))
+    hub.deliver(BusEvent(events.NOTIFICATION, {**data, "notification_id": "n2"}))
+    await transport.wait_sent(2)
+    assert [f["data"]["notification_id"] for f in transport.of_type("notification")] == ["n1", "n2"]
