@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,11 @@ BLOCK_MS = 2000
 READ_COUNT = 1000
 BACKOFF_START = 0.1
 BACKOFF_CAP = 5.0
+START_MARGIN_MS = 50
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def entry_time(entry_id: str) -> float:
@@ -38,12 +44,18 @@ class RedisStreamsBus:
         self.block_ms = block_ms
         self._client: redis.Redis | None = None
         self._readers: list[redis.Redis] = []
+        self._clock_offset_ms = 0
 
     async def connect(self) -> None:
         # Short timeouts: a publish during an outage fails fast (503), it never hangs.
         self._client = redis.Redis.from_url(
             self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
         )
+        try:
+            seconds, micros = await self._client.time()
+            self._clock_offset_ms = seconds * 1000 + micros // 1000 - now_ms()
+        except (RedisError, OSError):
+            self._clock_offset_ms = 0  # Redis is down at start: assume the clocks agree
 
     async def disconnect(self) -> None:
         for client in [*self._readers, *([self._client] if self._client else [])]:
@@ -85,27 +97,23 @@ class RedisStreamsBus:
             raise Unavailable("bus unavailable, retry later") from exc
 
     def subscribe(self, stream: str) -> AsyncIterator[BusEvent]:
+        """Every entry from the moment of this call: entry ids are Redis timestamps, so the
+        subscription starts from Redis's clock now (minus a small margin: a few entries from
+        just before may come twice, which every consumer tolerates, but none is missed)."""
         reader = redis.Redis.from_url(
             self.url, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=2
         )
         self._readers.append(reader)
-        return self._read(reader, stream)
+        start = max(0, now_ms() + self._clock_offset_ms - START_MARGIN_MS)
+        return self._read(reader, stream, f"{start}-0")
 
-    async def _start_id(self, reader: redis.Redis, stream: str) -> str:
-        """The id to read after: the stream's newest entry now (so nothing later is missed)."""
-        newest: Any = await reader.xrevrange(stream, count=1)
-        if newest:
-            return str(newest[0][0].decode())
-        return "0-0"
-
-    async def _read(self, reader: redis.Redis, stream: str) -> AsyncIterator[BusEvent]:
-        last_id: str | None = None
+    async def _read(
+        self, reader: redis.Redis, stream: str, last_id: str
+    ) -> AsyncIterator[BusEvent]:
         backoff = BACKOFF_START
         try:
             while True:
                 try:
-                    if last_id is None:
-                        last_id = await self._start_id(reader, stream)
                     response: Any = await reader.xread(
                         {stream: last_id}, count=READ_COUNT, block=self.block_ms
                     )
