@@ -74,18 +74,29 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     ports = [port + 1 + i for i in range(count)]
     for p in ports:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(p)],
-            env=env, cwd=ROOT,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(p)],
+                env=env,
+                cwd=ROOT,
+            )
+        )
     work = Path(tempfile.mkdtemp(prefix="campushub-nginx-"))
     (work / "temp").mkdir()
     conf = work / "nginx.conf"
-    conf.write_text(render(
-        listen_port=port, tls_port=None, upstreams=[f"127.0.0.1:{p}" for p in ports],
-        pid=work / "nginx.pid", error_log=work / "error.log", access_log=work / "access.log",
-        temp_dir=work / "temp", user=None, worker_processes=1,
-    ))
+    conf.write_text(
+        render(
+            listen_port=port,
+            tls_port=None,
+            upstreams=[f"127.0.0.1:{p}" for p in ports],
+            pid=work / "nginx.pid",
+            error_log=work / "error.log",
+            access_log=work / "access.log",
+            temp_dir=work / "temp",
+            user=None,
+            worker_processes=1,
+        )
+    )
     wait_healthy(ports)
     procs.append(subprocess.Popen([nginx, "-p", str(work), "-c", str(conf), "-g", "daemon off;"]))
     print(f"cluster: nginx on :{port} → instances on {', '.join(map(str, ports))}; Ctrl-C stops")

@@ -173,67 +173,62 @@ class Connection:
 
     def start_writer(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.direct is not None:
-            self._writer = loop.create_task(self._direct_loop(self.direct))
-        else:
-            self._writer = loop.create_task(self._write_loop())
+        self._writer = loop.create_task(self._run_writer())
+
+    async def _run_writer(self) -> None:
+        """Run the writer loop of this connection's path; a failure closes the connection."""
+        try:
+            if self.direct is not None:
+                await self._direct_loop(self.direct)
+            else:
+                await self._write_loop()
+        except TimeoutError:
+            self.close_soon(CLOSE_TRY_LATER, "write timeout")
+        except TransportClosed:
+            self.close_soon(1006, "")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("[WS] writer of %s failed", self.id)
+            self.close_soon(1011, "internal error")
 
     async def _direct_loop(self, direct: DirectWire) -> None:
         """Only for a backed-up socket: wait until it drains, then hand it what queued up."""
         queue = self.queue
-        try:
-            while self.is_open:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while queue:
-                    async with asyncio.timeout(self.write_timeout):
-                        await direct.writable.wait()
-                    if direct.transport.is_closing():
-                        raise TransportClosed(1006)
-                    batch = [wire_of(frame) for frame in queue]
-                    queue.clear()
-                    self._exempt.clear()
-                    self._popped = self._appended
-                    direct.transport.writelines(batch)
-                self._drained.set()
-        except TimeoutError:
-            self.close_soon(CLOSE_TRY_LATER, "write timeout")
-        except TransportClosed:
-            self.close_soon(1006, "")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("[WS] writer of %s failed", self.id)
-            self.close_soon(1011, "internal error")
+        while self.is_open:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while queue:
+                async with asyncio.timeout(self.write_timeout):
+                    await direct.writable.wait()
+                if direct.transport.is_closing():
+                    raise TransportClosed(1006)
+                batch = [wire_of(frame) for frame in queue]
+                queue.clear()
+                self._exempt.clear()
+                self._popped = self._appended
+                direct.transport.writelines(batch)
+            self._drained.set()
 
     async def _write_loop(self) -> None:
+        """The ASGI path: one awaited send per frame."""
         queue = self.queue
         exempt = self._exempt
         send = self.transport.send_text
         loop = asyncio.get_running_loop()
-        try:
-            while self.is_open:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                async with asyncio.timeout(self.write_timeout) as deadline:
-                    while queue:
-                        frame = queue.popleft()
-                        if exempt and exempt[0] == self._popped:
-                            exempt.popleft()
-                        self._popped += 1
-                        await send(text_of(frame))
-                        if queue:  # the timeout bounds each write, not a whole backlog
-                            deadline.reschedule(loop.time() + self.write_timeout)
-                self._drained.set()
-        except TimeoutError:
-            self.close_soon(CLOSE_TRY_LATER, "write timeout")
-        except TransportClosed:
-            self.close_soon(1006, "")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("[WS] writer of %s failed", self.id)
-            self.close_soon(1011, "internal error")
+        while self.is_open:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            async with asyncio.timeout(self.write_timeout) as deadline:
+                while queue:
+                    frame = queue.popleft()
+                    if exempt and exempt[0] == self._popped:
+                        exempt.popleft()
+                    self._popped += 1
+                    await send(text_of(frame))
+                    if queue:  # the timeout bounds each write, not a whole backlog
+                        deadline.reschedule(loop.time() + self.write_timeout)
+            self._drained.set()
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until the writer has sent what is queued, before a deliberate close."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,23 +13,11 @@ from fastapi.testclient import TestClient
 from jose import jwt
 
 from app.security import encode_token
-from tests.support.services import BACKENDS, Users, shared_client
+from tests.support.services import Users
 from tests.support.tokens import SECRET, bearer
 
 V1 = "/api/v1"
 MISSING_GROUP = "6f1c1f4e-0000-4000-8000-000000000000"
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
-    yield from shared_client(request, tmp_path_factory)
-
-
-@pytest.fixture
-def u() -> Users:
-    return Users()
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,26 @@ async def test_typed_lines_become_messages_and_incoming_ones_are_printed(
     bob = await WsClient.open(server.ws_url)
     await bob.auth(token("bob"))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "client", "--url", server.ws_url,
-        "--token", token("alice", name="Alice"), "--group", group,
-        cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "app",
+        "client",
+        "--url",
+        server.ws_url,
+        "--token",
+        token("alice", name="Alice"),
+        "--group",
+        group,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         async with asyncio.timeout(30):
             line = await proc.stdout.readline()
             assert b"auth_success" in line
-            proc.stdin.write("hello from the terminal\n".encode())
+            proc.stdin.write(b"hello from the terminal\n")
             await proc.stdin.drain()
             got = await bob.messages(1)
             assert got[0]["content"] == "hello from the terminal"

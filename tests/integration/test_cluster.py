@@ -107,7 +107,9 @@ async def test_member_removed_through_a_stops_receiving_on_b(
     a, b = start_cluster(server_factory, pg_url, redis_url, 2)
     group = make_group(a, "alice", ["bob", "carol"])
     bob, carol = await connect(b, "bob"), await connect(b, "carol")
-    removed = httpx.delete(f"{a.base_url}/api/v1/groups/{group}/members/bob", headers=bearer("alice"))
+    removed = httpx.delete(
+        f"{a.base_url}/api/v1/groups/{group}/members/bob", headers=bearer("alice")
+    )
     assert removed.status_code == 204
     sent = httpx.post(
         f"{a.base_url}/api/v1/groups/{group}/messages",
@@ -121,11 +123,15 @@ async def test_member_removed_through_a_stops_receiving_on_b(
     # and an added member starts receiving on its open connection, without reconnecting
     dave = await connect(b, "dave")
     added = httpx.post(
-        f"{a.base_url}/api/v1/groups/{group}/members", json={"user_id": "dave"}, headers=bearer("alice")
+        f"{a.base_url}/api/v1/groups/{group}/members",
+        json={"user_id": "dave"},
+        headers=bearer("alice"),
     )
     assert added.status_code == 201
     httpx.post(
-        f"{a.base_url}/api/v1/groups/{group}/messages", json={"content": "welcome"}, headers=bearer("alice")
+        f"{a.base_url}/api/v1/groups/{group}/messages",
+        json={"content": "welcome"},
+        headers=bearer("alice"),
     )
     assert (await dave.messages(1))[0]["content"] == "welcome"
     for client in (bob, carol, dave):

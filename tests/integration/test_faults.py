@@ -61,7 +61,8 @@ async def test_redis_outage_loses_and_duplicates_nothing(
     a, b = (server_factory(env, wait=False) for _ in range(2))
     a.wait_ready(), b.wait_ready()
     group = httpx.post(
-        f"{a.base_url}/api/v1/groups", json={"name": "g", "member_ids": ["bob"]},
+        f"{a.base_url}/api/v1/groups",
+        json={"name": "g", "member_ids": ["bob"]},
         headers=bearer("alice"),
     ).json()["group_id"]
     alice = await WsClient.open(a.ws_url)
@@ -106,8 +107,10 @@ async def test_database_outage_answers_503_and_recovers(
         server = server_factory(env)
         async with httpx.AsyncClient() as http:  # the proxy runs on this loop: never block it
             created = await http.post(
-                f"{server.base_url}/api/v1/groups", json={"name": "g", "member_ids": ["bob"]},
-                headers=bearer("alice"), timeout=20,
+                f"{server.base_url}/api/v1/groups",
+                json={"name": "g", "member_ids": ["bob"]},
+                headers=bearer("alice"),
+                timeout=20,
             )
         group = created.json()["group_id"]
         alice = await WsClient.open(server.ws_url)
@@ -124,7 +127,9 @@ async def test_database_outage_answers_503_and_recovers(
         async with httpx.AsyncClient() as http:
             rest = await http.post(
                 f"{server.base_url}/api/v1/groups/{group}/messages",
-                json={"content": "rest"}, headers=bearer("alice"), timeout=20,
+                json={"content": "rest"},
+                headers=bearer("alice"),
+                timeout=20,
             )
         assert rest.status_code == 503 and "detail" in rest.json()
         pong = await alice.request("ping")

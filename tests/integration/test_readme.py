@@ -39,7 +39,11 @@ def test_curl_walkthrough_as_printed(
     env = {**os.environ, "JWT_SECRET": SECRET}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     outputs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]

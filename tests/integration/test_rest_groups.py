@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.services import BACKENDS, Users, shared_client
+from tests.support.services import Users
 from tests.support.tokens import bearer
 
 V1 = "/api/v1"
@@ -22,19 +20,6 @@ GROUP_KEYS = {
     "unread_count",
     "created_at",
 }
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
-    """One app per backend for the module; tests keep apart through user ids of their own."""
-    yield from shared_client(request, tmp_path_factory)
-
-
-@pytest.fixture
-def u() -> Users:
-    return Users()
 
 
 def create_group(

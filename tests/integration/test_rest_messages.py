@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.services import BACKENDS, Users, shared_client
+from tests.support.services import Users
 from tests.support.tokens import bearer, token
 
 V1 = "/api/v1"
@@ -25,18 +24,6 @@ MESSAGE_KEYS = {
     "created_at",
 }
 ACK_KEYS = {"message_id", "group_id", "seq", "created_at", "success"}
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
-    yield from shared_client(request, tmp_path_factory)
-
-
-@pytest.fixture
-def u() -> Users:
-    return Users()
 
 
 def create_group(api: TestClient, owner: str, members: list[str]) -> str:

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.services import BACKENDS, Users, shared_client
+from tests.support.services import Users
 from tests.support.tokens import bearer
 
 V1 = "/api/v1"
 NOTIFICATION_KEYS = {"notification_id", "type", "title", "content", "created_at", "read_at"}
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestClient]:
-    yield from shared_client(request, tmp_path_factory)
-
-
-@pytest.fixture
-def u() -> Users:
-    return Users()
 
 
 SERVICE = bearer("billing-service", role="service")

@@ -92,7 +92,9 @@ async def test_frames_go_straight_to_the_socket_in_order() -> None:
     assert conn.push('{"type":"x","data":{}}')
     # no task ran in between: every frame is already in the socket's buffer
     assert [f["type"] for f in parse_frames(b"".join(transport.socket.chunks))] == [
-        "notification", "pong", "x",
+        "notification",
+        "pong",
+        "x",
     ]
     assert transport.sent == []  # nothing took the ASGI path
 

@@ -468,8 +468,14 @@ async def test_a_notification_published_twice_is_pushed_once() -> None:
     hub = make_hub()
     transport = FakeTransport()
     hub.attach_user(make_conn(transport, user="erin"))
-    data = {"user_id": "erin", "notification_id": "n1", "type": "t", "title": "x",
-            "content": "", "created_at": 1}
+    data = {
+        "user_id": "erin",
+        "notification_id": "n1",
+        "type": "t",
+        "title": "x",
+        "content": "",
+        "created_at": 1,
+    }
     hub.deliver(BusEvent(events.NOTIFICATION, data))
     hub.deliver(BusEvent(events.NOTIFICATION, dict(data)))
     hub.deliver(BusEvent(events.NOTIFICATION, {**data, "notification_id": "n2"}))

@@ -75,23 +75,22 @@ class MessageRepository:
 
         Raises IntegrityError when (group, sender, client_msg_id) exists already.
         """
-        message_id = str(uuid.uuid4())
+        message = Message(
+            id=str(uuid.uuid4()),
+            group_id=group_id,
+            seq=0,  # taken below, in the storing statement or transaction
+            sender_id=sender_id,
+            sender_name=sender_name,
+            msg_type=msg_type,
+            content=content,
+            image_url=image_url,
+            client_msg_id=client_msg_id,
+            created_at=utcnow(),
+        )
         if self.session.get_bind().dialect.name == "postgresql":
             template = b"{}"
             if outbox_stream is not None and outbox_event is not None:
-                provisional = Message(
-                    id=message_id,
-                    group_id=group_id,
-                    seq=0,
-                    sender_id=sender_id,
-                    sender_name=sender_name,
-                    msg_type=msg_type,
-                    content=content,
-                    image_url=image_url,
-                    client_msg_id=client_msg_id,
-                    created_at=utcnow(),
-                )
-                template = outbox_event(provisional)
+                template = outbox_event(message)
             conn = await self.session.connection(
                 execution_options={"isolation_level": "AUTOCOMMIT"}
             )
@@ -99,7 +98,7 @@ class MessageRepository:
                 await conn.execute(
                     STORE_PG,
                     {
-                        "id": message_id,
+                        "id": message.id,
                         "group_id": group_id,
                         "sender_id": sender_id,
                         "sender_name": sender_name,
@@ -114,33 +113,14 @@ class MessageRepository:
             ).first()
             if row is None:
                 return None
-            message = Message(
-                id=message_id,
-                group_id=group_id,
-                seq=row.seq,
-                sender_id=sender_id,
-                sender_name=sender_name,
-                msg_type=msg_type,
-                content=content,
-                image_url=image_url,
-                client_msg_id=client_msg_id,
-                created_at=row.created_at,
-            )
+            message.seq, message.created_at = row.seq, row.created_at
             return Stored(message, row.outbox_id)
         seq = await self.next_seq(group_id=group_id, sender_id=sender_id)
         if seq is None:
             return None
-        message = await self.append(
-            group_id=group_id,
-            seq=seq,
-            sender_id=sender_id,
-            sender_name=sender_name,
-            msg_type=msg_type,
-            content=content,
-            image_url=image_url,
-            client_msg_id=client_msg_id,
-            created_at=utcnow(),
-        )
+        message.seq = seq
+        self.session.add(message)
+        await self.session.flush()
         return Stored(message, None)
 
     async def next_seq(self, *, group_id: str, sender_id: str) -> int | None:
@@ -158,35 +138,6 @@ class MessageRepository:
             .values(last_seq=Group.last_seq + 1)
             .returning(Group.last_seq)
         )
-
-    async def append(
-        self,
-        *,
-        group_id: str,
-        seq: int,
-        sender_id: str,
-        sender_name: str,
-        msg_type: int,
-        content: str,
-        image_url: str,
-        client_msg_id: str | None,
-        created_at: datetime | None = None,
-    ) -> Message:
-        message = Message(
-            id=str(uuid.uuid4()),
-            group_id=group_id,
-            seq=seq,
-            sender_id=sender_id,
-            sender_name=sender_name,
-            msg_type=msg_type,
-            content=content,
-            image_url=image_url,
-            client_msg_id=client_msg_id,
-            created_at=created_at or utcnow(),
-        )
-        self.session.add(message)
-        await self.session.flush()
-        return message
 
     async def by_client_id(
         self, *, group_id: str, sender_id: str, client_msg_id: str
