@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # Storage and bus (SPEC §2): unset → embedded mode
     DATABASE_URL: str | None = None
     SQLITE_PATH: str = EMBEDDED_SQLITE
-    DB_POOL_SIZE: int = Field(10, ge=1)
+    DB_POOL_SIZE: int = Field(20, ge=1)
     REDIS_URL: str | None = None
 
     # Auth (SPEC §5)

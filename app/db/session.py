@@ -35,7 +35,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     else:
         # No pre-ping (a round trip per checkout): a dead connection fails its request with
         # 503 and SQLAlchemy then invalidates the whole pool, so the next one reconnects.
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        # A fixed pool: overflow connections are closed on return whenever the pool is full,
+        # so under load they were opened and closed per request (a TLS attempt and a
+        # handshake each). Requests wait for a pooled connection instead (503 after 10 s).
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_timeout=10)
         kwargs.update(connect_args={"timeout": 5, "command_timeout": 10})
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):

@@ -144,7 +144,7 @@ async def send_message(
                 raise
             return SendResult(message=events.message_data(original), created=False)
     await ctx.dispatch(staged)
-    log.info("[WS] User %s sent message to group %s", sender.user_id, group_id)
+    log.debug("[WS] User %s sent message to group %s", sender.user_id, group_id)
     return SendResult(message=data, created=True)
 
 
