@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
@@ -64,6 +65,12 @@ async def test_member_on_b_receives_what_a_sends_once_in_order(
     assert [m["content"] for m in got] == [f"m{i}" for i in range(30)]
     own = await alice.messages(30)  # the sender's own connections get new_message too
     assert [m["seq"] for m in own] == list(range(1, 31))
+    lag = re.search(
+        r"^websocket_fanout_lag_seconds_count\{[^}]*\} (\S+)$",
+        httpx.get(f"{b.base_url}/metrics").text,
+        re.M,
+    )
+    assert lag is not None and float(lag.group(1)) >= 30  # stream entry → local delivery
     with pytest.raises(TimeoutError):
         await bob.expect(lambda f: f["type"] == "new_message", timeout=0.5)
     await alice.close()

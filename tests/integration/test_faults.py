@@ -145,3 +145,26 @@ async def test_database_outage_answers_503_and_recovers(
         await bob.close()
     finally:
         await proxy.close()
+
+
+async def test_a_reader_that_stops_advancing_turns_ready_to_503(
+    server_factory: Start, pg_url: str, own_redis: RedisServer
+) -> None:
+    """Writes paused in Redis: the canaries stop, the reader sees nothing new, and /ready
+    says so (checks.fanout) instead of the instance silently going deaf."""
+    import redis as redis_lib
+
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": own_redis.url, **FAST, "FANOUT_STALL_TIMEOUT": "2"}
+    server = server_factory(env)
+    await wait_ready_status(server, 200)
+    admin = redis_lib.Redis.from_url(own_redis.url)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+        await wait_ready_status(server, 503, timeout=8)
+        async with httpx.AsyncClient() as http:
+            body = (await http.get(f"{server.base_url}/ready")).json()
+        assert body["checks"]["fanout"] is False and body["checks"]["bus"] is True
+        admin.execute_command("CLIENT", "UNPAUSE")
+        await wait_ready_status(server, 200, timeout=15)
+    finally:
+        admin.close()
