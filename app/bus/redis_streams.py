@@ -28,6 +28,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def blocking_pool(url: str, *, max_connections: int = 64) -> redis.BlockingConnectionPool:
+    """A pool that makes a burst of commands wait for a connection (at most 2 s) instead of
+    failing at once (redis-py's default pool raises MaxConnectionsError past its limit)."""
+    return redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=2,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+    )
+
+
 def entry_time(entry_id: str) -> float:
     """Unix seconds of a stream entry id (`<ms>-<n>`)."""
     return int(entry_id.split("-", 1)[0]) / 1000.0
@@ -48,9 +61,7 @@ class RedisStreamsBus:
 
     async def connect(self) -> None:
         # Short timeouts: a publish during an outage fails fast (503), it never hangs.
-        self._client = redis.Redis.from_url(
-            self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=10
-        )
+        self._client = redis.Redis(connection_pool=blocking_pool(self.url))
         try:
             seconds, micros = await self._client.time()
             self._clock_offset_ms = seconds * 1000 + micros // 1000 - now_ms()

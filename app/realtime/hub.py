@@ -210,6 +210,8 @@ class Hub:
     async def _fill_gap(self, channel: Channel) -> None:
         """Load the missing seqs from the database; skip ahead only if they do not exist."""
         try:
+            if not channel.pending:
+                return  # the missing seq arrived between the timer and this task
             upto = min(channel.pending)
             count = min(upto - channel.expected, GAP_FILL_BATCH)
             rows = await self.fetch_after(channel.group_id, channel.expected - 1, count)

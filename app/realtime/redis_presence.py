@@ -19,6 +19,7 @@ from typing import Any, ParamSpec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from app.bus.redis_streams import blocking_pool
 from app.errors import Unavailable
 
 log = logging.getLogger("app.presence")
@@ -85,7 +86,7 @@ class RedisPresence:
     def __init__(self, url: str, *, ttl: int = 120, instance: str | None = None) -> None:
         self.ttl = ttl
         self.instance = instance or uuid.uuid4().hex[:12]
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis.Redis(connection_pool=blocking_pool(url))
         self._disconnect = self.client.register_script(_DISCONNECT)
 
     def _field(self, conn_id: str) -> str:

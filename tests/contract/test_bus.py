@@ -64,3 +64,14 @@ async def test_streams_are_separate(bus: Bus) -> None:
 
 async def test_healthy(bus: Bus) -> None:
     assert await bus.healthy() is True
+
+
+async def test_a_burst_of_concurrent_publishes_waits_for_connections(bus: Bus) -> None:
+    """More publishes at once than the client's pool holds: they queue, none fails."""
+    stream = f"test.burst.{uuid.uuid4().hex[:6]}"
+    ready = asyncio.Event()
+    reader = asyncio.create_task(collect(bus, stream, 300, ready))
+    await ready.wait()
+    await asyncio.sleep(0)
+    await asyncio.gather(*(bus.publish(stream, BusEvent("message", {"i": i})) for i in range(300)))
+    assert sorted(e.data["i"] for e in await reader) == list(range(300))

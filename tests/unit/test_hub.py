@@ -481,3 +481,15 @@ async def test_a_notification_published_twice_is_pushed_once() -> None:
     hub.deliver(BusEvent(events.NOTIFICATION, {**data, "notification_id": "n2"}))
     await transport.wait_sent(2)
     assert [f["data"]["notification_id"] for f in transport.of_type("notification")] == ["n1", "n2"]
+
+
+async def test_gap_fill_that_finds_the_gap_closed_does_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeStore()
+    hub = make_hub(store)
+    conn = make_conn()
+    join(hub, conn, last_seq=2)
+    channel = hub.channels[G]
+    await hub._fill_gap(channel)  # the missing seq came between the timer and the task
+    assert store.calls == [] and "failed" not in caplog.text
