@@ -52,6 +52,14 @@ token: $(STAMP)  ## make token USER=alice [NAME=Alice] [ROLE=service]
 		echo "usage: make token USER=alice [NAME=Alice] [ROLE=service]" >&2; exit 2; fi
 	@$(PY) -m app token $(USER) $(if $(NAME),--name "$(NAME)") $(if $(ROLE),--role $(ROLE))
 
+bench: $(STAMP)  ## quick benchmark run (< 3 min) against local Postgres + Redis; results in bench/results/
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py --quick --no-docs
+
+bench-full: $(STAMP)  ## every scenario, 3 repeats; regenerates docs/BENCHMARKS.md and docs/bench/*.png
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py --full
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache campushub.db campushub.db-*
 

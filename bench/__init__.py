@@ -1,0 +1,1 @@
+"""CampusHub Realtime benchmarks: `python bench/run.py --quick|--full`, see docs/BENCHMARKS.md."""

@@ -1,0 +1,134 @@
+"""CPU time, RSS and machine facts from /proc (no psutil)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores, from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
+    total = sum(parts[:8])
+    return total - idle, total
+
+
+SIDE_PROCESSES = (b"postgres", b"redis-server")
+
+
+def side_cpu() -> dict[int, float]:
+    """CPU seconds of every Postgres and Redis process (the machine's, others' use included)."""
+    out: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm in SIDE_PROCESSES:
+            cpu = cpu_seconds(int(entry))
+            if cpu is not None:
+                out[int(entry)] = cpu
+    return out
+
+
+@dataclass
+class CpuWindow:
+    """CPU use of some processes (and of the whole machine) between start() and stop()."""
+
+    pids: dict[str, int]
+
+    def start(self) -> None:
+        self._t0 = os.times().elapsed
+        self._c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._m0 = machine_ticks()
+        self._side0 = side_cpu()
+
+    def stop(self) -> dict[str, float | None]:
+        wall = os.times().elapsed - self._t0
+        out: dict[str, float | None] = {"wall_s": round(wall, 3)}
+        for key, pid in self.pids.items():
+            c0, c1 = self._c0.get(key), cpu_seconds(pid)
+            # Percent of one core.
+            out[key] = None if c0 is None or c1 is None or wall <= 0 else 100 * (c1 - c0) / wall
+        side1 = side_cpu()
+        side = sum(c - self._side0.get(pid, 0.0) for pid, c in side1.items())
+        out["postgres_redis_pct"] = 100 * side / wall if wall > 0 else None
+        busy1, total1 = machine_ticks()
+        dbusy, dtotal = busy1 - self._m0[0], total1 - self._m0[1]
+        out["machine_busy_pct"] = 100 * dbusy / dtotal if dtotal > 0 else None
+        return out
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
+def machine_info() -> dict[str, object]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }

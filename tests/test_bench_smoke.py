@@ -1,0 +1,61 @@
+"""Keeps bench/run.py working: a tiny fan-out against the embedded service and the websockets
+baseline, one repeat, results and docs into a temp dir. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_fanout_tiny(tmp_path: Path) -> None:
+    results_dir = tmp_path / "results"
+    docs = tmp_path / "BENCHMARKS.md"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--scenarios",
+        "fanout",
+        "--targets",
+        "service-embedded,websockets",
+        "--fanout",
+        "20x10",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--results-dir",
+        str(results_dir),
+        "--docs",
+        str(docs),
+        "--plots-dir",
+        str(tmp_path / "plots"),
+        "--time-limit",
+        "50",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = list(results_dir.glob("*.json"))
+    assert len(written) == 1
+    results = json.loads(written[0].read_text())
+    runs = results["runs"]
+    assert {r["target"] for r in runs} == {"service-embedded", "websockets"}
+    for run in runs:
+        assert "error" not in run, run.get("error")
+        m = run["metrics"]
+        assert m["connections"] == 20
+        assert m["acked"] == 10
+        assert m["deliveries"] == 20 * 10
+        assert (m["lost"], m["duplicates"], m["out_of_order"]) == (0, 0, 0)
+        assert m["unacked_delivered"] == 0
+        assert not m["unexpected_closes"]
+        assert m["lat_samples"] == 20 * 10
+    assert "fanout-20x10" in results["summary"]
+    text = docs.read_text()
+    assert "fanout-20x10" in text and "service-embedded" in text
