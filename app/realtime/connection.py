@@ -139,8 +139,7 @@ class Connection:
         queue.append(frame)
         self._appended += 1
         if len(queue) == 1:
-            self._wakeup.set()
-            self._drained.clear()
+            self._kick()
         return True
 
     def push_replay(self, frame: Outgoing) -> None:
@@ -154,8 +153,7 @@ class Connection:
             self._exempt.append(self._appended)
             self.queue.append(frame)
             self._appended += 1
-            self._wakeup.set()
-            self._drained.clear()
+            self._kick()
 
     def push_message(self, group_id: str, seq: int, frame: Outgoing) -> None:
         """Live group message: held during a replay, dropped when the replay covered it."""
@@ -171,9 +169,17 @@ class Connection:
                 del self.floors[group_id]
         self.push(frame)
 
+    def _kick(self) -> None:
+        """Frames are waiting: wake the writer (on the direct path, start it: a connection
+        whose socket keeps up never needs one, which saves a task per connection)."""
+        self._wakeup.set()
+        self._drained.clear()
+        if self._writer is None and self.direct is not None and self.is_open:
+            self._writer = asyncio.get_running_loop().create_task(self._run_writer())
+
     def start_writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._writer = loop.create_task(self._run_writer())
+        if self.direct is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run_writer())
 
     async def _run_writer(self) -> None:
         """Run the writer loop of this connection's path; a failure closes the connection."""
