@@ -6,11 +6,17 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.models import Group, GroupMember, Message, ReadMark
+
+SEQS_FOR_USER = (
+    select(Group.id, Group.last_seq)
+    .join(GroupMember, GroupMember.group_id == Group.id)
+    .where(GroupMember.user_id == bindparam("user_id"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +91,18 @@ class GroupRepository:
         return list(rows)
 
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
-        """{group_id: last_seq} of every group the user belongs to (no cap on their number)."""
-        rows = await self.session.execute(
-            select(Group.id, Group.last_seq)
-            .join(GroupMember, GroupMember.group_id == Group.id)
-            .where(GroupMember.user_id == user_id)
+        """{group_id: last_seq} of every group the user belongs to (no cap on their number).
+
+        Every WebSocket auth runs this: one prebuilt statement, and on Postgres outside a
+        transaction (no BEGIN/ROLLBACK round trips for a single read).
+        """
+        options = (
+            {"isolation_level": "AUTOCOMMIT"}
+            if self.session.get_bind().dialect.name == "postgresql"
+            else {}
         )
+        conn = await self.session.connection(execution_options=options)
+        rows = await conn.execute(SEQS_FOR_USER, {"user_id": user_id})
         return {group_id: last_seq for group_id, last_seq in rows}
 
     async def views_for_user(
