@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app import metrics
@@ -22,6 +23,7 @@ from app.services.chat import Sender
 from app.services.context import ServiceContext
 
 log = logging.getLogger("app.realtime")
+clock = time.monotonic  # replaceable in tests
 
 
 @dataclass(slots=True)
@@ -45,7 +47,7 @@ class Session:
     conn: Connection
     rt: Runtime
     auth_failures: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_heartbeat: float = 0.0  # monotonic time of this connection's last presence refresh
 
     def reply(self, type: str, frame: ClientFrame, data: dict[str, Any]) -> None:
         self.conn.push_replay(frames.encode(type, data, message_id=frame.message_id))
@@ -63,7 +65,11 @@ async def on_ping(s: Session, frame: ClientFrame) -> None:
             timestamp=frame.timestamp if frame.timestamp is not None else frames.now_ms(),
         )
     )
-    if s.conn.user_id is not None:
+    # A JSON ping refreshes presence, at most a few times per TTL: the instance's heartbeat
+    # task refreshes every connection anyway, so a write per ping would be work done twice.
+    now = clock()
+    if s.conn.user_id is not None and now - s.last_heartbeat >= s.rt.settings.PRESENCE_TTL / 3:
+        s.last_heartbeat = now
         await s.rt.presence.heartbeat([(s.conn.user_id, s.conn.id)])
 
 
@@ -138,6 +144,7 @@ async def on_auth(s: Session, frame: ClientFrame) -> None:
             last = int(rows[-1]["seq"]) if rows else after
             summary[group_id] = {"last_seq": last, "has_more": has_more}
         await s.rt.presence.connect(claims.user_id, conn.id, tuple(conn.groups))
+        s.last_heartbeat = clock()
         s.reply(
             "auth_success",
             frame,

@@ -332,3 +332,28 @@ async def test_peer_disconnect_ends_the_loop_and_presence(serve: Serve, rt: Runt
 
 def _message_event(seq: int) -> BusEvent:
     return BusEvent(events.MESSAGE, message("g1", seq))
+
+
+async def test_json_pings_refresh_presence_at_most_a_few_times_per_ttl(
+    serve: Serve, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.realtime.handlers as handlers
+
+    beats: list[list[tuple[str, str]]] = []
+
+    async def heartbeat(entries: Any) -> None:
+        beats.append(list(entries))
+
+    monkeypatch.setattr(rt.presence, "heartbeat", heartbeat)
+    now = [1000.0]
+    monkeypatch.setattr(handlers, "clock", lambda: now[0])
+    transport, _ = await authed(serve)
+    for i in range(5):
+        transport.feed_json("ping", message_id=f"p-{i}")
+        assert (await reply(transport, f"p-{i}"))["type"] == "pong"
+    assert beats == [], "auth just wrote presence; pings within TTL/3 add no writes"
+    conn = next(iter(rt.hub.connections))
+    now[0] += rt.settings.PRESENCE_TTL / 3
+    transport.feed_json("ping", message_id="p-late")
+    await reply(transport, "p-late")
+    assert beats == [[("alice", conn.id)]]
