@@ -20,13 +20,16 @@ from app.api.errors import install_error_handlers
 from app.api.routes import groups, health, messages, notifications, web, ws
 from app.bus import Bus, BusEvent, create_bus
 from app.config import Settings, get_settings
+from app.db.hotpath import HotPath
 from app.db.migrate import upgrade_async
+from app.db.repositories.messages import MessageRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import Unavailable
 from app.realtime.handlers import Runtime
 from app.realtime.hub import Hub
 from app.realtime.presence import MemoryPresence, Presence
 from app.realtime.ratelimit import TokenBuckets, WindowCounter
+from app.schemas.events import message_data
 from app.services.context import ServiceContext
 from app.services.outbox import OutboxRelay
 
@@ -87,14 +90,17 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         sessions = make_sessionmaker(engine)
         # The outbox guards against a bus outage; the in-process bus cannot have one.
         relay = OutboxRelay(sessions, bus) if settings.REDIS_URL is not None else None
-        ctx = ServiceContext(settings=settings, sessions=sessions, bus=bus, outbox=relay)
+        hot = None
+        if engine.dialect.name == "postgresql":
+            hot = HotPath(settings.database_url, size=settings.DB_POOL_SIZE)
+            await hot.start()
+        ctx = ServiceContext(settings=settings, sessions=sessions, bus=bus, outbox=relay, hot=hot)
         presence = make_presence(settings)
 
         async def fetch_after(group_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+            if hot is not None:
+                return await hot.messages_after(group_id, after_seq, limit)
             async with ctx.session() as session:
-                from app.db.repositories.messages import MessageRepository
-                from app.schemas.events import message_data
-
                 rows = await MessageRepository(session).after_seq(
                     group_id=group_id, after_seq=after_seq, limit=limit
                 )
@@ -148,6 +154,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
                     await task
             await presence.close()
             await bus.disconnect()
+            if hot is not None:
+                await hot.close()
             await engine.dispose()
 
     app = FastAPI(

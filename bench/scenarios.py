@@ -81,6 +81,7 @@ class Profiler:
 def collapse_top(path: Path, n: int = 25) -> dict[str, Any]:
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
+    roots: Counter[str] = Counter()  # threads / idle samples show up here
     total = 0
     try:
         lines = path.read_text().splitlines()
@@ -94,6 +95,7 @@ def collapse_top(path: Path, n: int = 25) -> dict[str, Any]:
         total += k
         frames = [f.replace(str(ROOT_DIR) + "/", "") for f in stack.split(";")]
         own[frames[-1]] += k
+        roots[frames[0]] += k
         for f in set(frames):
             incl[f] += k
     if not total:
@@ -102,6 +104,7 @@ def collapse_top(path: Path, n: int = 25) -> dict[str, Any]:
         "samples": total,
         "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
         "inclusive": [(f, round(100 * c / total, 1)) for f, c in incl.most_common(n * 2)],
+        "roots": [(f, round(100 * c / total, 1)) for f, c in roots.most_common(5)],
     }
 
 
@@ -561,10 +564,15 @@ async def idle(
     tag = uuid.uuid4().hex[:8]
     topo = Topology(users(f"i{tag}", conns), {})
     per = specs_for(topo, {}, servers, ctx.pool.n)
+    profiler = None
+    if ctx.profile_dir is not None and is_service(target):
+        profiler = Profiler(server.pid, ctx.profile_dir / f"pyspy-{target}-idle-{tag}.txt")
+        profiler.start()
     connect_window = CpuWindow(cpu_pids(servers, ctx.pool))
     connect_window.start()
     opened = await open_all(ctx, per, join=False, timeout=120)
     connect_cpu = cpu_metrics(connect_window.stop(), len(servers), ctx.pool.n)
+    profile = await profiler.stop() if profiler is not None else {}
     await asyncio.sleep(1.0)
     rss1 = rss_bytes(server.pid) or 0
     window = CpuWindow(cpu_pids(servers, ctx.pool))
@@ -605,6 +613,8 @@ async def idle(
         **cpu,
         **log_issues(servers, offsets),
     }
+    if profile:
+        metrics["profile"] = profile  # the connect + auth phase
     return metrics, {}
 
 

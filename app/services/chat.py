@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -10,7 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import IntegrityError
 
 from app.bus.base import BusEvent
-from app.db.models import Message
+from app.db.hotpath import DuplicateMessage
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -18,13 +19,9 @@ from app.db.repositories.read_marks import ReadMarkRepository
 from app.errors import BadRequest, NotMember, TooLarge
 from app.schemas import events
 from app.services.context import ServiceContext
-from app.services.outbox import encode_entry
+from app.services.outbox import Staged, encode_entry
 
 log = logging.getLogger("app.services.chat")
-
-
-def message_entry(message: Message) -> bytes:
-    return encode_entry(BusEvent(events.MESSAGE, events.message_data(message)))
 
 
 MAX_ID_CHARS = 64
@@ -111,41 +108,79 @@ async def send_message(
         image_url=image_url,
         max_chars=ctx.settings.MAX_CONTENT_CHARS,
     )
-    async with ctx.session() as session:
-        repo = MessageRepository(session)
-        stream = ctx.settings.STREAM_MESSAGES
+    sender_name = sender.name[:100]
+    stream = ctx.settings.STREAM_MESSAGES
+    if ctx.hot is not None:
+        data: dict[str, Any] = {
+            "message_id": str(uuid.uuid4()),
+            "group_id": group_id,
+            "seq": 0,  # the storing statement fills in seq and created_at
+            "sender_id": sender.user_id,
+            "sender_name": sender_name,
+            "msg_type": kind,
+            "content": text,
+            "image_url": url,
+            "created_at": 0,
+        }
+        use_outbox = ctx.outbox is not None
         try:
-            stored = await repo.store(
+            row = await ctx.hot.store_message(
+                message_id=data["message_id"],
                 group_id=group_id,
                 sender_id=sender.user_id,
-                sender_name=sender.name[:100],
+                sender_name=sender_name,
                 msg_type=kind,
                 content=text,
                 image_url=url,
                 client_msg_id=client_msg_id,
-                outbox_stream=stream if ctx.outbox is not None else None,
-                outbox_event=message_entry,
+                outbox_stream=stream if use_outbox else None,
+                outbox_event=encode_entry(BusEvent(events.MESSAGE, data)) if use_outbox else b"",
             )
-            if stored is None:
-                raise NotMember()
-            data = events.message_data(stored.message)
-            staged = ctx.stage(
-                session, stream, BusEvent(events.MESSAGE, data), outbox_id=stored.outbox_id
-            )
-            await session.commit()
-        except IntegrityError:
-            await session.rollback()
-            if client_msg_id is None:
-                raise
-            original = await repo.by_client_id(
-                group_id=group_id, sender_id=sender.user_id, client_msg_id=client_msg_id
-            )
-            if original is None:
-                raise
-            return SendResult(message=events.message_data(original), created=False)
+        except DuplicateMessage:
+            assert client_msg_id is not None  # only a client id can repeat
+            return await _original(ctx, sender.user_id, group_id, client_msg_id)
+        if row is None:
+            raise NotMember()
+        data["seq"], data["created_at"] = row.seq, row.created_ms
+        staged = Staged(stream, BusEvent(events.MESSAGE, data), outbox_id=row.outbox_id)
+    else:
+        async with ctx.session() as session:
+            try:
+                stored = await MessageRepository(session).store(
+                    group_id=group_id,
+                    sender_id=sender.user_id,
+                    sender_name=sender_name,
+                    msg_type=kind,
+                    content=text,
+                    image_url=url,
+                    client_msg_id=client_msg_id,
+                )
+                if stored is None:
+                    raise NotMember()
+                data = events.message_data(stored)
+                staged = ctx.stage(session, stream, BusEvent(events.MESSAGE, data))
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if client_msg_id is None:
+                    raise
+                return await _original(ctx, sender.user_id, group_id, client_msg_id)
     await ctx.dispatch(staged)
     log.debug("[WS] User %s sent message to group %s", sender.user_id, group_id)
     return SendResult(message=data, created=True)
+
+
+async def _original(
+    ctx: ServiceContext, sender_id: str, group_id: str, client_msg_id: str
+) -> SendResult:
+    """The message a retry with the same client id stored first."""
+    async with ctx.session() as session:
+        original = await MessageRepository(session).by_client_id(
+            group_id=group_id, sender_id=sender_id, client_msg_id=client_msg_id
+        )
+    if original is None:  # a unique violation without a row: cannot happen
+        raise RuntimeError("duplicate client_msg_id without a stored message")
+    return SendResult(message=events.message_data(original), created=False)
 
 
 async def messages_after(

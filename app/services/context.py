@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import Bus, BusEvent
 from app.config import Settings
+from app.db.hotpath import HotPath
 from app.db.models import OutboxEntry
 from app.errors import Unavailable
 from app.services.outbox import OutboxRelay, Staged, encode_entry, publish_all
@@ -26,6 +27,7 @@ class ServiceContext:
     sessions: async_sessionmaker[AsyncSession]
     bus: Bus
     outbox: OutboxRelay | None = None
+    hot: HotPath | None = None  # Postgres: the per-connection and per-message statements
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

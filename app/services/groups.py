@@ -140,6 +140,9 @@ async def remove_member(
 
 
 async def group_seqs(ctx: ServiceContext, *, user_id: str) -> dict[str, int]:
+    """{group_id: last_seq} of the user's groups (every WebSocket auth reads this)."""
+    if ctx.hot is not None:
+        return await ctx.hot.seqs_for_user(user_id)
     async with ctx.session() as session:
         return await GroupRepository(session).seqs_for_user(user_id)
 

@@ -11,27 +11,45 @@ from sqlalchemy import func, select
 
 from app.bus.memory import InMemoryBus
 from app.config import Settings
-from app.db.models import Message
+from app.db.hotpath import HotPath
+from app.db.models import Message, OutboxEntry
+from app.db.repositories.groups import GroupRepository
+from app.db.repositories.messages import MessageRepository
 from app.db.repositories.read_marks import ReadMarkRepository
 from app.db.session import make_engine, make_sessionmaker
+from app.errors import NotMember, Unavailable
+from app.schemas import events
 from app.services import chat, groups
 from app.services.chat import Sender, SendResult
 from app.services.context import ServiceContext
+from app.services.outbox import OutboxRelay, decode_entry
 
 pytestmark = pytest.mark.postgres
 
 MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
-@pytest.fixture
-async def ctx(pg_settings: Settings) -> AsyncIterator[ServiceContext]:
+@pytest.fixture(params=["hotpath", "orm"])
+async def ctx(
+    request: pytest.FixtureRequest, pg_settings: Settings
+) -> AsyncIterator[ServiceContext]:
+    """The service's Postgres set-up (messages and auth reads on the asyncpg hot path), and
+    the ORM-only path that SQLite uses, run on Postgres: both must give the same answers."""
     engine = make_engine(pg_settings.database_url, pool_size=pg_settings.DB_POOL_SIZE)
+    hot = None
+    if request.param == "hotpath":
+        hot = HotPath(pg_settings.database_url, size=pg_settings.DB_POOL_SIZE)
+        await hot.start()
     bus = InMemoryBus()
     await bus.connect()
     try:
-        yield ServiceContext(settings=pg_settings, sessions=make_sessionmaker(engine), bus=bus)
+        yield ServiceContext(
+            settings=pg_settings, sessions=make_sessionmaker(engine), bus=bus, hot=hot
+        )
     finally:
         await bus.disconnect()
+        if hot is not None:
+            await hot.close()
         await engine.dispose()
 
 
@@ -182,3 +200,99 @@ async def test_read_marks_interleaved_with_sends(ctx: ServiceContext) -> None:
     assert seen[-1] <= 21
     final = await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=10_000)
     assert final == 21
+
+
+# -- the asyncpg hot path against the ORM ------------------------------------------------------
+
+
+@pytest.fixture
+async def hot_ctx(pg_settings: Settings) -> AsyncIterator[ServiceContext]:
+    """The service's own set-up on Postgres: hot path and the outbox on."""
+    engine = make_engine(pg_settings.database_url, pool_size=4)
+    sessions = make_sessionmaker(engine)
+    hot = HotPath(pg_settings.database_url, size=4)
+    await hot.start()
+    bus = InMemoryBus()
+    await bus.connect()
+    relay = OutboxRelay(sessions, bus)  # not running: entries stay for the test to read
+    try:
+        yield ServiceContext(
+            settings=pg_settings, sessions=sessions, bus=bus, outbox=relay, hot=hot
+        )
+    finally:
+        await bus.disconnect()
+        await hot.close()
+        await engine.dispose()
+
+
+async def test_hot_path_stores_what_the_orm_reads(hot_ctx: ServiceContext) -> None:
+    ctx = hot_ctx
+    assert ctx.hot is not None
+    group_id = await new_group(ctx)
+    acks = [
+        (await send(ctx, group_id, MEMBERS[n % 5], f"m{n} ünïcode", client_id=f"c{n}")).message
+        for n in range(6)
+    ]
+    assert [m["seq"] for m in acks] == list(range(1, 7))
+    # What the ORM (REST history) reads is what the send answered, to the millisecond.
+    async with ctx.session() as session:
+        rows = await MessageRepository(session).after_seq(group_id=group_id, after_seq=0, limit=10)
+    assert [events.message_data(m) for m in rows] == acks
+    # Replays and gap fills (the hot path's read) give the same frames.
+    assert await ctx.hot.messages_after(group_id, 2, 3) == acks[2:5]
+    assert await ctx.hot.messages_after(group_id, 6, 10) == []
+    # Every stored message has its outbox entry, seq and created_at filled in.
+    async with ctx.session() as session:
+        entries = list(await session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)))
+    sent = [decode_entry(e.payload) for e in entries if e.stream == ctx.settings.STREAM_MESSAGES]
+    assert [(e.kind, e.data) for e in sent] == [(events.MESSAGE, m) for m in acks]
+
+
+async def test_hot_path_auth_read_matches_the_orm(hot_ctx: ServiceContext) -> None:
+    ctx = hot_ctx
+    assert ctx.hot is not None
+    first, second = await new_group(ctx), await new_group(ctx)
+    await send(ctx, second, "bob", "hello")
+    async with ctx.session() as session:
+        expected = await GroupRepository(session).seqs_for_user("bob")
+    assert expected == {first: 0, second: 1}
+    assert await ctx.hot.seqs_for_user("bob") == expected
+    assert await ctx.hot.seqs_for_user("nobody") == {}
+
+
+async def test_hot_path_refuses_non_members_and_stores_nothing(hot_ctx: ServiceContext) -> None:
+    group_id = await new_group(hot_ctx)
+    with pytest.raises(NotMember):
+        await send(hot_ctx, group_id, "mallory", "let me in")
+    with pytest.raises(NotMember):
+        await send(hot_ctx, "no-such-group", "bob", "anyone?")
+    assert await stored(hot_ctx, group_id) == []
+    assert (await send(hot_ctx, group_id, "bob", "first")).ack["seq"] == 1
+
+
+async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
+    idle = HotPath(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/test", size=2)
+    with pytest.raises(Unavailable):  # not started
+        await idle.seqs_for_user("bob")
+    await idle.start()  # no connection is opened before the first statement
+    try:
+        for call in (
+            idle.seqs_for_user("bob"),
+            idle.messages_after("g", 0, 10),
+            idle.store_message(
+                message_id="m",
+                group_id="g",
+                sender_id="bob",
+                sender_name="Bob",
+                msg_type=1,
+                content="x",
+                image_url="",
+                client_msg_id=None,
+                outbox_stream=None,
+                outbox_event=b"",
+            ),
+        ):
+            with pytest.raises(Unavailable):
+                await call
+    finally:
+        await idle.close()

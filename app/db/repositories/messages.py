@@ -3,51 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, text, tuple_, update
+from sqlalchemy import and_, exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.db.models import Group, GroupMember, Message, ReadMark
-
-# Postgres stores a message in ONE autocommitted statement: take the group's next seq (the
-# row lock serialises concurrent senders: no gap, no duplicate), insert the message and, when
-# the outbox is on, its bus event with the seq and timestamp filled in. One round trip.
-STORE_PG = text(
-    """
-WITH next AS (
-    UPDATE groups SET last_seq = last_seq + 1
-    WHERE id = :group_id
-      AND EXISTS (SELECT 1 FROM group_members WHERE group_id = :group_id AND user_id = :sender_id)
-    RETURNING last_seq, clock_timestamp() AS created_at
-), stored AS (
-    INSERT INTO messages (id, group_id, seq, sender_id, sender_name, msg_type, content,
-                          image_url, client_msg_id, created_at)
-    SELECT :id, :group_id, last_seq, :sender_id, :sender_name, :msg_type, :content,
-           :image_url, :client_msg_id, created_at FROM next
-    RETURNING seq, created_at
-), event AS (
-    INSERT INTO outbox (stream, payload, created_at)
-    SELECT CAST(:stream AS varchar),
-           convert_to(jsonb_set(jsonb_set(CAST(:event AS jsonb), '{d,seq}', to_jsonb(seq)),
-               '{d,created_at}', to_jsonb(floor(extract(epoch FROM created_at) * 1000)::bigint)
-           )::text, 'UTF8'),
-           created_at
-    FROM stored WHERE CAST(:stream AS varchar) IS NOT NULL
-    RETURNING id
-)
-SELECT stored.seq, stored.created_at, (SELECT id FROM event) AS outbox_id FROM stored
-"""
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    message: Message
-    outbox_id: int | None
 
 
 class MessageRepository:
@@ -64,21 +26,20 @@ class MessageRepository:
         content: str,
         image_url: str,
         client_msg_id: str | None,
-        outbox_stream: str | None = None,
-        outbox_event: Callable[[Message], bytes] | None = None,
-    ) -> Stored | None:
-        """Store a message with the group's next seq; None when the sender is not a member.
-
-        On Postgres, with `outbox_stream` set, the message's outbox entry is written by the
-        same statement: `outbox_event` encodes it, and the database fills in seq and
-        created_at. (On SQLite the caller stages it in the session's transaction.)
+    ) -> Message | None:
+        """Store a message with the group's next seq in the session's transaction; None when
+        the sender is not a member. (On Postgres the service stores messages through
+        app.db.hotpath instead: one statement, no transaction.)
 
         Raises IntegrityError when (group, sender, client_msg_id) exists already.
         """
+        seq = await self.next_seq(group_id=group_id, sender_id=sender_id)
+        if seq is None:
+            return None
         message = Message(
             id=str(uuid.uuid4()),
             group_id=group_id,
-            seq=0,  # taken below, in the storing statement or transaction
+            seq=seq,
             sender_id=sender_id,
             sender_name=sender_name,
             msg_type=msg_type,
@@ -87,41 +48,9 @@ class MessageRepository:
             client_msg_id=client_msg_id,
             created_at=utcnow(),
         )
-        if self.session.get_bind().dialect.name == "postgresql":
-            template = b"{}"
-            if outbox_stream is not None and outbox_event is not None:
-                template = outbox_event(message)
-            conn = await self.session.connection(
-                execution_options={"isolation_level": "AUTOCOMMIT"}
-            )
-            row = (
-                await conn.execute(
-                    STORE_PG,
-                    {
-                        "id": message.id,
-                        "group_id": group_id,
-                        "sender_id": sender_id,
-                        "sender_name": sender_name,
-                        "msg_type": msg_type,
-                        "content": content,
-                        "image_url": image_url,
-                        "client_msg_id": client_msg_id,
-                        "stream": outbox_stream,
-                        "event": template.decode(),
-                    },
-                )
-            ).first()
-            if row is None:
-                return None
-            message.seq, message.created_at = row.seq, row.created_at
-            return Stored(message, row.outbox_id)
-        seq = await self.next_seq(group_id=group_id, sender_id=sender_id)
-        if seq is None:
-            return None
-        message.seq = seq
         self.session.add(message)
         await self.session.flush()
-        return Stored(message, None)
+        return message
 
     async def next_seq(self, *, group_id: str, sender_id: str) -> int | None:
         """Take the group's next seq, or None when the sender is not a member.
