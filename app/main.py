@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.routing import WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.api.errors import install_error_handlers
@@ -72,6 +73,29 @@ async def heartbeats(hub: Hub, presence: Presence, settings: Settings) -> None:
             await presence.heartbeat(entries)
         except Exception:
             log.warning("[WS] presence heartbeat failed")
+
+
+class Service(FastAPI):
+    """The ASGI app: `/ws` goes straight to its endpoint, everything else through FastAPI.
+
+    The WebSocket endpoint is raw ASGI and uses none of the HTTP middlewares (errors,
+    exception handlers, metrics, routing); passing it through them cost CPU on every handshake
+    and a coroutine frame per layer held for each connection's lifetime.
+    """
+
+    ws_path = "/ws"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ws_endpoint = ws.WebSocketEndpoint()
+        self.router.routes.append(WebSocketRoute(self.ws_path, self.ws_endpoint))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == self.ws_path:
+            scope["app"] = self
+            await self.ws_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -158,7 +182,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
                 await hot.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = Service(
         title="CampusHub Realtime",
         version=__version__,
         summary="Group chat, notifications and presence pushed over WebSocket, with REST.",
@@ -174,7 +198,6 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     app.include_router(messages.router, prefix=api)
     app.include_router(notifications.router, prefix=api)
     app.include_router(health.router)
-    app.router.routes.append(WebSocketRoute("/ws", ws.WebSocketEndpoint()))
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
