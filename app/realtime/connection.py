@@ -89,10 +89,13 @@ class Connection:
         # last replayed seq below which live frames are duplicates.
         self.holds: dict[str, list[tuple[int, Outgoing]]] = {}
         self.floors: dict[str, int] = {}
-        self.queue: deque[Outgoing] = deque()
+        # Frames waiting for the writer. Like the writer's events below, the deques exist only
+        # once something waits: an idle connection on the direct path never needs them (each
+        # empty deque or asyncio.Event is ~0.7 KB, and idle connections are the many).
+        self.queue: deque[Outgoing] | tuple[()] = ()
         # Positions (in append order) of queued replies and replayed frames: they never count
         # against `limit`, which bounds the live frames a slow client has not read yet.
-        self._exempt: deque[int] = deque()
+        self._exempt: deque[int] | tuple[()] = ()
         self._appended = 0
         self._popped = 0
         self.close_code: int | None = None
@@ -101,12 +104,11 @@ class Connection:
         self.reader: asyncio.Task[None] | None = None
         self.receiving = False
         self.abandoned = False
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._wakeup: asyncio.Event | None = None  # frames queued: with the writer
+        self._drained: asyncio.Event | None = None  # the queue emptied: with the writer
         self._writer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._closed = asyncio.Event()
+        self._closed: asyncio.Event | None = None  # made by the first wait_closed()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user_id} {self.state.value}>"
@@ -136,9 +138,9 @@ class Connection:
         if len(queue) - len(self._exempt) >= self.limit:
             self.close_soon(CLOSE_TRY_LATER, "send queue overflow: resume to catch up")
             return False
-        queue.append(frame)
+        self._queue().append(frame)
         self._appended += 1
-        if len(queue) == 1:
+        if len(self.queue) == 1:
             self._kick()
         return True
 
@@ -150,8 +152,8 @@ class Connection:
                 direct.transport.write(wire_of(frame))
             return
         if self.is_open:
-            self._exempt.append(self._appended)
-            self.queue.append(frame)
+            self._exempt_positions().append(self._appended)
+            self._queue().append(frame)
             self._appended += 1
             self._kick()
 
@@ -169,17 +171,38 @@ class Connection:
                 del self.floors[group_id]
         self.push(frame)
 
+    def _queue(self) -> deque[Outgoing]:
+        if not isinstance(self.queue, deque):
+            self.queue = deque()
+        return self.queue
+
+    def _exempt_positions(self) -> deque[int]:
+        if not isinstance(self._exempt, deque):
+            self._exempt = deque()
+        return self._exempt
+
     def _kick(self) -> None:
         """Frames are waiting: wake the writer (on the direct path, start it: a connection
         whose socket keeps up never needs one, which saves a task per connection)."""
-        self._wakeup.set()
-        self._drained.clear()
-        if self._writer is None and self.direct is not None and self.is_open:
-            self._writer = asyncio.get_running_loop().create_task(self._run_writer())
+        if self._writer is None and self.is_open and self.direct is not None:
+            self._start_writer()
+        if self._wakeup is not None and self._drained is not None:
+            self._wakeup.set()
+            self._drained.clear()
 
     def start_writer(self) -> None:
+        """The ASGI path always has a writer task; the direct path starts one on demand."""
         if self.direct is None:
-            self._writer = asyncio.get_running_loop().create_task(self._run_writer())
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        if self.queue:
+            self._wakeup.set()
+        else:
+            self._drained.set()
+        self._writer = asyncio.get_running_loop().create_task(self._run_writer())
 
     async def _run_writer(self) -> None:
         """Run the writer loop of this connection's path; a failure closes the connection."""
@@ -200,10 +223,12 @@ class Connection:
 
     async def _direct_loop(self, direct: DirectWire) -> None:
         """Only for a backed-up socket: wait until it drains, then hand it what queued up."""
-        queue = self.queue
+        queue = self._queue()
+        wakeup, drained = self._wakeup, self._drained
+        assert wakeup is not None and drained is not None
         while self.is_open:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            await wakeup.wait()
+            wakeup.clear()
             while queue:
                 async with asyncio.timeout(self.write_timeout):
                     await direct.writable.wait()
@@ -211,20 +236,22 @@ class Connection:
                     raise TransportClosed(1006)
                 batch = [wire_of(frame) for frame in queue]
                 queue.clear()
-                self._exempt.clear()
+                self._exempt = ()
                 self._popped = self._appended
                 direct.transport.writelines(batch)
-            self._drained.set()
+            drained.set()
 
     async def _write_loop(self) -> None:
         """The ASGI path: one awaited send per frame."""
-        queue = self.queue
-        exempt = self._exempt
+        queue = self._queue()
+        exempt = self._exempt_positions()
+        wakeup, drained = self._wakeup, self._drained
+        assert wakeup is not None and drained is not None
         send = self.transport.send_text
         loop = asyncio.get_running_loop()
         while self.is_open:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            await wakeup.wait()
+            wakeup.clear()
             async with asyncio.timeout(self.write_timeout) as deadline:
                 while queue:
                     frame = queue.popleft()
@@ -234,11 +261,11 @@ class Connection:
                     await send(text_of(frame))
                     if queue:  # the timeout bounds each write, not a whole backlog
                         deadline.reschedule(loop.time() + self.write_timeout)
-            self._drained.set()
+            drained.set()
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until the writer has sent what is queued, before a deliberate close."""
-        if self._writer is None or self._writer.done():
+        if self._writer is None or self._writer.done() or self._drained is None:
             return
         try:
             async with asyncio.timeout(timeout):
@@ -269,7 +296,7 @@ class Connection:
 
     async def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         if not self.is_open:
-            await self._closed.wait()
+            await self.wait_closed()
             return
         if flush:
             await self.flush()
@@ -282,8 +309,8 @@ class Connection:
             self._expiry.cancel()
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
-        self.queue.clear()
-        self._exempt.clear()
+        self.queue = ()
+        self._exempt = ()
         try:
             # The close frame waits for a writable socket like any frame: bounded likewise.
             async with asyncio.timeout(self.write_timeout):
@@ -292,8 +319,7 @@ class Connection:
             self._abandon()
         except Exception:  # the socket may already be gone
             pass
-        self.state = ConnState.CLOSED
-        self._closed.set()
+        self._set_closed()
 
     def _abandon(self) -> None:
         """The peer reads nothing, not even the close frame, so it will not answer it either:
@@ -319,8 +345,16 @@ class Connection:
                 self._expiry.cancel()
             if self._writer is not None:
                 self._writer.cancel()
-            self.state = ConnState.CLOSED
+            self._set_closed()
+
+    def _set_closed(self) -> None:
+        self.state = ConnState.CLOSED
+        if self._closed is not None:
             self._closed.set()
 
     async def wait_closed(self) -> None:
+        if self.state is ConnState.CLOSED:
+            return
+        if self._closed is None:
+            self._closed = asyncio.Event()
         await self._closed.wait()

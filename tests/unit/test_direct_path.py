@@ -156,3 +156,75 @@ def test_direct_wire_only_for_uvicorns_sansio_protocol() -> None:
 
     assert direct_wire(Other().receive) is None
     assert direct_wire(lambda: None) is None
+
+
+async def test_a_connection_that_keeps_up_allocates_no_queue_events_or_task() -> None:
+    """Idle connections are the many: on the direct path nothing waits, so nothing is made."""
+    transport = DirectFake()
+    conn = connection(transport)
+    for i in range(3):
+        assert conn.push(frames.shared("m", {"i": i}))
+    conn.push_replay(frames.encode("pong", {}))
+    assert conn.queue == () and conn._exempt == ()
+    assert conn._writer is None and conn._wakeup is None and conn._closed is None
+    await conn.close(1000)
+    await asyncio.wait_for(conn.wait_closed(), 1)  # closed before anyone waited: no hang
+    assert await transport.wait_closed() == 1000
+
+
+async def test_wait_closed_wakes_when_the_connection_closes_later() -> None:
+    transport = DirectFake()
+    conn = connection(transport)
+    waiter = asyncio.create_task(conn.wait_closed())
+    await asyncio.sleep(0)  # the waiter is parked on the event it made
+    assert not waiter.done()
+    conn.mark_closed(1001)
+    await asyncio.wait_for(waiter, 1)
+
+
+def _sansio_source() -> str:
+    import inspect
+
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return inspect.getsource(WebSocketsSansIOProtocol)
+
+
+def test_uvicorn_reads_the_handshake_request_and_response_only_before_accept() -> None:
+    """shed_handshake drops them after the accept; this pins the assumption to the code."""
+    import ast
+
+    tree = ast.parse(_sansio_source())
+    readers: dict[str, set[str]] = {"request": set(), "response": set()}
+    for func in ast.walk(tree):
+        if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(func):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "self"
+                    and node.attr in readers
+                ):
+                    readers[node.attr].add(func.name)
+    assert readers["request"] == {"handle_connect"}
+    # `send` uses the response only for the accept or a refusal (before handshake_complete).
+    assert readers["response"] == {"handle_connect", "send"}
+
+
+def test_shed_handshake_releases_what_only_the_handshake_needed() -> None:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from app.api.wire import shed_handshake
+
+    proto = object.__new__(WebSocketsSansIOProtocol)
+    proto.transport = FakeSocket()  # type: ignore[assignment]
+    proto.writable = asyncio.Event()
+    proto.request = object()  # type: ignore[assignment]
+    proto.response = object()  # type: ignore[assignment]
+    scope: dict[str, Any] = {"headers": [(b"origin", b"x")], "path": "/ws"}
+    shed_handshake(direct_wire(proto.receive), scope)
+    assert proto.request is None and proto.response is None
+    assert scope == {"headers": [], "path": "/ws"}
+    untouched: dict[str, Any] = {"headers": [(b"origin", b"x")]}
+    shed_handshake(None, untouched)  # the plain ASGI path: nothing is known, nothing changes
+    assert untouched == {"headers": [(b"origin", b"x")]}
