@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.wire import direct_wire
+from app.api.wire import direct_wire, shed_handshake
 from app.config import Settings
 from app.realtime.handlers import Runtime
 from app.realtime.runner import run_connection
@@ -133,6 +133,7 @@ class WebSocketEndpoint:
             return
         await send({"type": "websocket.accept"})
         transport = AsgiTransport(receive, send, direct=settings.WS_DIRECT_WRITES)
+        shed_handshake(transport.direct, scope)
         await run_connection(transport, rt, remote=ip)
 
 
