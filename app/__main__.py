@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -70,6 +71,11 @@ def _serve(args: argparse.Namespace) -> int:
             lifecycle.shutting_down = True  # /ready answers 503 from the first signal
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
+    # Everything imported and built so far lives as long as the process: keep it out of the
+    # cycle collector, whose full passes over ~130k import-time objects otherwise stall the
+    # event loop for tens of milliseconds (a latency spike for every connection).
+    gc.collect()
+    gc.freeze()
     Server(config).run()
     return 0
 

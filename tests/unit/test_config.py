@@ -234,3 +234,30 @@ def test_env_example_shows_the_default(name: str) -> None:
 def test_env_example_loads_to_the_defaults() -> None:
     from_example = Settings(_env_file=ROOT / ".env.example")
     assert from_example.model_dump() == make().model_dump()
+
+
+def test_serve_keeps_import_time_objects_out_of_the_cycle_collector(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`python -m app serve` freezes what startup built before the loop runs (a full
+    collection over it stalls every connection); the server itself is not started here."""
+    import gc
+    import logging
+
+    import uvicorn
+
+    from app.__main__ import main
+
+    frozen: list[int] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen.append(gc.get_freeze_count()))
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "chat.db"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["serve", "--port", "1"]) == 0
+    finally:
+        gc.unfreeze()
+        root.handlers[:], root.level = handlers, level
+    assert frozen and frozen[0] > 10_000
