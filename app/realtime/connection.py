@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import itertools
 import logging
 import time
+import weakref
 from collections import deque
 
 from app.realtime.frames import Frame, Outgoing, text_of, wire_of
@@ -24,6 +26,68 @@ CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
 CLOSE_TRY_LATER = 1013
 CLOSE_TOKEN_EXPIRED = 4001
+
+
+class Expiries:
+    """Token expiries of every connection of one event loop on a single timer.
+
+    Connections are kept in one set per expiry second (JWT `exp` is whole seconds), and the
+    loop's timer is armed for the earliest second only. A timer per connection would cost
+    each one a timer handle, its arguments and a context copy (~0.6 KB plus the loop's own
+    timer), for an event that mostly never fires: connections close long before.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buckets: dict[int, set[Connection]] = {}
+        self._seconds: list[int] = []  # heap of the bucket keys
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for: int | None = None
+
+    def add(self, conn: Connection, second: int) -> None:
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = set()
+            heapq.heappush(self._seconds, second)
+        bucket.add(conn)
+        if self._armed_for is None or second < self._armed_for:
+            self._arm(second)
+
+    def discard(self, conn: Connection, second: int) -> None:
+        bucket = self._buckets.get(second)
+        if bucket is not None:
+            bucket.discard(conn)  # an empty bucket stays until its second: the heap owns it
+
+    def _arm(self, second: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, second - time.time())
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._fire)
+        self._armed_for = second
+
+    def _fire(self) -> None:
+        self._timer = self._armed_for = None
+        now = time.time()
+        seconds = self._seconds
+        while seconds and seconds[0] <= now:
+            for conn in self._buckets.pop(heapq.heappop(seconds), ()):
+                conn.close_soon(CLOSE_TOKEN_EXPIRED, "token expired")
+        if seconds:
+            self._arm(seconds[0])
+
+
+_expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Expiries] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def expiries() -> Expiries:
+    """The running loop's Expiries."""
+    loop = asyncio.get_running_loop()
+    found = _expiries.get(loop)
+    if found is None:
+        found = _expiries[loop] = Expiries(loop)
+    return found
 
 
 class ConnState(enum.Enum):
@@ -107,7 +171,7 @@ class Connection:
         self._wakeup: asyncio.Event | None = None  # frames queued: with the writer
         self._drained: asyncio.Event | None = None  # the queue emptied: with the writer
         self._writer: asyncio.Task[None] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: Expiries | None = None  # where this connection's expiry is registered
         self._closed: asyncio.Event | None = None  # made by the first wait_closed()
 
     def __repr__(self) -> str:
@@ -277,12 +341,11 @@ class Connection:
 
     def set_expiry(self, expires_at: int) -> None:
         """(Re)arm the timer that closes with 4001 when the token expires unrefreshed."""
-        self.expires_at = expires_at
         if self._expiry is not None:
-            self._expiry.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, expires_at - time.time())
-        self._expiry = loop.call_later(delay, self.close_soon, CLOSE_TOKEN_EXPIRED, "token expired")
+            self._expiry.discard(self, self.expires_at)
+        self.expires_at = expires_at
+        self._expiry = expiries()
+        self._expiry.add(self, expires_at)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -306,7 +369,8 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         if self._expiry is not None:
-            self._expiry.cancel()
+            self._expiry.discard(self, self.expires_at)
+            self._expiry = None
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()
         self.queue = ()
@@ -342,7 +406,8 @@ class Connection:
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSING
             if self._expiry is not None:
-                self._expiry.cancel()
+                self._expiry.discard(self, self.expires_at)
+                self._expiry = None
             if self._writer is not None:
                 self._writer.cancel()
             self._set_closed()

@@ -155,6 +155,39 @@ async def test_rearming_the_expiry_postpones_the_close() -> None:
     await conn.close(1000)
 
 
+async def test_one_timer_expires_many_connections_each_at_its_second() -> None:
+    now = int(time.time())
+    soon = [FakeTransport() for _ in range(3)]
+    later = FakeTransport()
+    conns = [make_conn(t) for t in soon]
+    for conn in conns:
+        conn.set_expiry(now + 1)
+    survivor = make_conn(later)
+    survivor.set_expiry(now + 3600)
+    codes = await asyncio.wait_for(asyncio.gather(*(t.wait_closed() for t in soon)), 3)
+    assert codes == [4001, 4001, 4001]
+    assert time.time() >= now + 1, "closed before the token's exp"
+    assert survivor.is_open and later.close_code is None
+    await survivor.close(1000)
+
+
+async def test_a_closed_connection_leaves_the_expiry_buckets() -> None:
+    """Nothing keeps a closed connection alive until its token's expiry (hours, often)."""
+    from app.realtime.connection import expiries
+
+    closed, gone, refreshed = (make_conn(FakeTransport()) for _ in range(3))
+    for conn in (closed, gone, refreshed):
+        conn.set_expiry(int(time.time()) + 3600)
+    await closed.close(1000)
+    gone.mark_closed(1001)
+    refreshed.set_expiry(int(time.time()) + 7200)
+    buckets = expiries()._buckets
+    held = [conn for bucket in buckets.values() for conn in bucket]
+    assert held == [refreshed]
+    assert refreshed in buckets[refreshed.expires_at]
+    await refreshed.close(1000)
+
+
 class PacedTransport(FakeTransport):
     """A reader that keeps up, slowly: every frame takes `delay` seconds to go out."""
 
