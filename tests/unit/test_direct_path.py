@@ -221,7 +221,7 @@ def test_shed_handshake_releases_what_only_the_handshake_needed() -> None:
     proto.writable = asyncio.Event()
     proto.request = object()  # type: ignore[assignment]
     proto.response = object()  # type: ignore[assignment]
-    scope: dict[str, Any] = {"headers": [(b"origin", b"x")], "path": "/ws"}
+    scope: dict[str, Any] = {"headers": [(b"origin", b"x")], "path": "/ws", "state": {"a": 1}}
     shed_handshake(direct_wire(proto.receive), scope)
     assert proto.request is None and proto.response is None
     assert scope == {"headers": [], "path": "/ws"}

@@ -134,6 +134,7 @@ class WebSocketEndpoint:
         await send({"type": "websocket.accept"})
         transport = AsgiTransport(receive, send, direct=settings.WS_DIRECT_WRITES)
         shed_handshake(transport.direct, scope)
+        del state  # the scope's copy of the app state: not needed past the handshake
         await run_connection(transport, rt, remote=ip)
 
 
