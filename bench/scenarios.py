@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -62,7 +63,11 @@ class Profiler:
         if exe is None:
             return
         cmd = [exe, "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw"]
-        cmd += ["--nonblocking", "-o", str(self.out)]
+        # Non-blocking sampling leaves the server undisturbed but loses part of the stacks
+        # (see "roots" in the summary); BENCH_PYSPY_BLOCKING=1 trades that for whole stacks.
+        if os.environ.get("BENCH_PYSPY_BLOCKING") != "1":
+            cmd.append("--nonblocking")
+        cmd += ["-o", str(self.out)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     async def stop(self) -> dict[str, Any]:
