@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -22,6 +22,9 @@ log = logging.getLogger("app.realtime.hub")
 FetchAfter = Callable[[str, int, int], Awaitable[list[dict[str, Any]]]]
 GAP_FILL_BATCH = 500
 RECENT_NOTIFICATIONS = 10_000
+# Recipients written per event-loop turn. A large group's fan-out yields between slices, so
+# the loop reads the next send and starts storing it while the rest of this one goes out.
+EMIT_SLICE = 256
 
 
 class Channel:
@@ -64,6 +67,9 @@ class Hub:
         self.stream_seen: dict[str, float] = {}
         self._membership_logs: dict[str, list[list[dict[str, Any]]]] = {}
         self._recent_notifications: OrderedDict[str, None] = OrderedDict()
+        # Fan-outs not finished yet, oldest first: [recipients, next index, channel, seq, frame].
+        self._backlog: deque[list[Any]] = deque()
+        self._backlog_scheduled = False
         self._m_connections = metrics.CONNECTIONS.labels(service)
         self._m_online = metrics.ONLINE_USERS.labels(service)
         self._m_send = metrics.MESSAGES.labels("send", service)
@@ -178,11 +184,46 @@ class Hub:
         self._drain_pending(channel)
 
     def _emit(self, channel: Channel, seq: int, frame: Outgoing) -> None:
+        """Send a message to the channel's members: at once when the group is small, else a
+        slice per loop turn (`_work_backlog`). Every fan-out that cannot finish at once goes
+        through one FIFO, so each member still gets a group's messages in seq order; the
+        recipients are the members at this instant that are still members when their slice
+        goes out (one that joins later is served by its replay: `delivered_upto` already
+        counts this seq)."""
         group_id = channel.group_id
-        for conn in channel.members:
-            conn.push_message(group_id, seq, frame)
+        members = channel.members
+        if not self._backlog and len(members) <= EMIT_SLICE:
+            for conn in members:
+                conn.push_message(group_id, seq, frame)
+        else:
+            self._backlog.append([tuple(members), 0, channel, seq, frame])
+            if not self._backlog_scheduled:
+                self._work_backlog()
         channel.expected = seq + 1
-        self._m_send.inc(len(channel.members))
+        self._m_send.inc(len(members))
+
+    def _work_backlog(self) -> None:
+        """Write one slice of the oldest unfinished fan-outs, then let the loop turn."""
+        self._backlog_scheduled = False
+        backlog = self._backlog
+        budget = EMIT_SLICE
+        while backlog and budget > 0:
+            item = backlog[0]
+            recipients, start, channel, seq, frame = item
+            group_id, members = channel.group_id, channel.members
+            end = min(len(recipients), start + budget)
+            for i in range(start, end):
+                conn = recipients[i]
+                if conn in members:
+                    conn.push_message(group_id, seq, frame)
+            budget -= end - start
+            if end == len(recipients):
+                backlog.popleft()
+            else:
+                item[1] = end
+        if backlog:
+            self._backlog_scheduled = True
+            asyncio.get_running_loop().call_soon(self._work_backlog)
 
     def _drain_pending(self, channel: Channel) -> None:
         pending = channel.pending

@@ -493,3 +493,35 @@ async def test_gap_fill_that_finds_the_gap_closed_does_nothing(
     channel = hub.channels[G]
     await hub._fill_gap(channel)  # the missing seq came between the timer and the task
     assert store.calls == [] and "failed" not in caplog.text
+
+
+async def test_a_large_group_is_sent_a_slice_per_loop_turn_in_order() -> None:
+    """Over EMIT_SLICE members, a fan-out yields between slices; every member still gets
+    each message once, in seq order, and one that leaves meanwhile gets nothing more."""
+    from app.realtime.hub import EMIT_SLICE
+
+    hub = make_hub()
+    transports = [FakeTransport() for _ in range(EMIT_SLICE * 2 + 10)]
+    conns = [make_conn(t, user=f"u{i}") for i, t in enumerate(transports)]
+    for conn in conns:
+        join(hub, conn, last_seq=2)
+    for seq in (3, 4, 5):
+        hub.deliver(msg_event(seq))
+    # Only the first slice went out synchronously.
+    assert sum(1 for c in conns if c.queue) == EMIT_SLICE
+    waiting = next(i for i, c in enumerate(conns) if not c.queue)  # not served yet
+    hub.unsubscribe(conns[waiting], G)
+    stay = [t for i, t in enumerate(transports) if i != waiting]
+    async with asyncio.timeout(5):
+        for t in stay:
+            await t.wait_sent(3)
+    for t in stay:
+        assert seqs(t) == [3, 4, 5]
+    assert not hub._backlog  # every slice went out: nothing more is coming
+    assert seqs(transports[waiting]) == []
+    small = make_hub()  # a small group still goes out at once
+    t = FakeTransport()
+    join(small, make_conn(t), last_seq=2)
+    small.deliver(msg_event(3))
+    await t.wait_sent(1)
+    assert seqs(t) == [3]
