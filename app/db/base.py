@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,3 +54,17 @@ def utcnow() -> datetime:
 def to_ms(value: datetime) -> int:
     """Unix milliseconds, exactly (float timestamps can round up a whole second)."""
     return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message to store; the database gives it its seq and its time."""
+
+    id: str
+    group_id: str
+    sender_id: str
+    sender_name: str
+    msg_type: int
+    content: str
+    image_url: str
+    client_msg_id: str | None

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from app.db.base import NewMessage
 from app.errors import Unavailable
 
 log = logging.getLogger("app.db")
@@ -143,18 +144,7 @@ class HotPath:
         return {row[0]: row[1] for row in rows}
 
     async def store_message(
-        self,
-        *,
-        message_id: str,
-        group_id: str,
-        sender_id: str,
-        sender_name: str,
-        msg_type: int,
-        content: str,
-        image_url: str,
-        client_msg_id: str | None,
-        outbox_stream: str | None,
-        outbox_event: bytes,
+        self, new: NewMessage, *, outbox_stream: str | None, outbox_event: bytes
     ) -> StoredRow | None:
         """Store a message with the group's next seq; None when the sender is not a member.
 
@@ -167,14 +157,14 @@ class HotPath:
             try:
                 row = await connection.fetchrow(
                     STORE_MESSAGE,
-                    message_id,
-                    group_id,
-                    sender_id,
-                    sender_name,
-                    msg_type,
-                    content,
-                    image_url,
-                    client_msg_id,
+                    new.id,
+                    new.group_id,
+                    new.sender_id,
+                    new.sender_name,
+                    new.msg_type,
+                    new.content,
+                    new.image_url,
+                    new.client_msg_id,
                     outbox_event.decode() if outbox_stream is not None else "{}",
                     outbox_stream,
                 )

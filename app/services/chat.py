@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.exc import IntegrityError
 
 from app.bus.base import BusEvent
+from app.db.base import NewMessage
 from app.db.hotpath import DuplicateMessage
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
@@ -108,15 +109,24 @@ async def send_message(
         image_url=image_url,
         max_chars=ctx.settings.MAX_CONTENT_CHARS,
     )
-    sender_name = sender.name[:100]
+    new = NewMessage(
+        id=str(uuid.uuid4()),
+        group_id=group_id,
+        sender_id=sender.user_id,
+        sender_name=sender.name[:100],
+        msg_type=kind,
+        content=text,
+        image_url=url,
+        client_msg_id=client_msg_id,
+    )
     stream = ctx.settings.STREAM_MESSAGES
     if ctx.hot is not None:
         data: dict[str, Any] = {
-            "message_id": str(uuid.uuid4()),
+            "message_id": new.id,
             "group_id": group_id,
             "seq": 0,  # the storing statement fills in seq and created_at
-            "sender_id": sender.user_id,
-            "sender_name": sender_name,
+            "sender_id": new.sender_id,
+            "sender_name": new.sender_name,
             "msg_type": kind,
             "content": text,
             "image_url": url,
@@ -125,20 +135,13 @@ async def send_message(
         use_outbox = ctx.outbox is not None
         try:
             row = await ctx.hot.store_message(
-                message_id=data["message_id"],
-                group_id=group_id,
-                sender_id=sender.user_id,
-                sender_name=sender_name,
-                msg_type=kind,
-                content=text,
-                image_url=url,
-                client_msg_id=client_msg_id,
+                new,
                 outbox_stream=stream if use_outbox else None,
                 outbox_event=encode_entry(BusEvent(events.MESSAGE, data)) if use_outbox else b"",
             )
         except DuplicateMessage:
             assert client_msg_id is not None  # only a client id can repeat
-            return await _original(ctx, sender.user_id, group_id, client_msg_id)
+            return await _original(ctx, new)
         if row is None:
             raise NotMember()
         data["seq"], data["created_at"] = row.seq, row.created_ms
@@ -146,15 +149,7 @@ async def send_message(
     else:
         async with ctx.session() as session:
             try:
-                stored = await MessageRepository(session).store(
-                    group_id=group_id,
-                    sender_id=sender.user_id,
-                    sender_name=sender_name,
-                    msg_type=kind,
-                    content=text,
-                    image_url=url,
-                    client_msg_id=client_msg_id,
-                )
+                stored = await MessageRepository(session).store(new)
                 if stored is None:
                     raise NotMember()
                 data = events.message_data(stored)
@@ -164,19 +159,18 @@ async def send_message(
                 await session.rollback()
                 if client_msg_id is None:
                     raise
-                return await _original(ctx, sender.user_id, group_id, client_msg_id)
+                return await _original(ctx, new)
     await ctx.dispatch(staged)
     log.debug("[WS] User %s sent message to group %s", sender.user_id, group_id)
     return SendResult(message=data, created=True)
 
 
-async def _original(
-    ctx: ServiceContext, sender_id: str, group_id: str, client_msg_id: str
-) -> SendResult:
+async def _original(ctx: ServiceContext, new: NewMessage) -> SendResult:
     """The message a retry with the same client id stored first."""
+    assert new.client_msg_id is not None
     async with ctx.session() as session:
         original = await MessageRepository(session).by_client_id(
-            group_id=group_id, sender_id=sender_id, client_msg_id=client_msg_id
+            group_id=new.group_id, sender_id=new.sender_id, client_msg_id=new.client_msg_id
         )
     if original is None:  # a unique violation without a row: cannot happen
         raise RuntimeError("duplicate client_msg_id without a stored message")

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as redis
 
 from app.bus import Bus, BusEvent, create_bus
+from app.bus.redis_streams import RedisStreamsBus
 from app.errors import Unavailable
 
 
@@ -84,40 +85,39 @@ async def test_a_burst_of_concurrent_publishes_waits_for_connections(bus: Bus) -
 # -- Redis only: the pipelined publisher ----------------------------------------------------
 
 
-@pytest.mark.redis
-async def test_concurrent_publishers_keep_each_ones_order(redis_url: str) -> None:
-    """Publishes queued while a batch is in flight leave together, in the order they came."""
-    from app.bus.redis_streams import RedisStreamsBus
-
+@pytest.fixture
+async def streams_bus(redis_url: str) -> AsyncIterator[RedisStreamsBus]:
     bus = RedisStreamsBus(redis_url, maxlen=10_000)
     await bus.connect()
-    try:
-        stream = f"test.order.{uuid.uuid4().hex[:6]}"
-        ready = asyncio.Event()
-        reader = asyncio.create_task(collect(bus, stream, 400, ready))
-        await ready.wait()
-        await asyncio.sleep(0)
+    yield bus
+    await bus.disconnect()
 
-        async def sender(name: str) -> None:
-            for i in range(100):
-                await bus.publish(stream, BusEvent("message", {"s": name, "i": i}))
 
-        await asyncio.gather(*(sender(n) for n in "abc"))
-        await bus.publish_many(
-            [(stream, BusEvent("message", {"s": "d", "i": i})) for i in range(100)]
-        )
-        events = await reader
-        for name in "abcd":
-            assert [e.data["i"] for e in events if e.data["s"] == name] == list(range(100))
-    finally:
-        await bus.disconnect()
+@pytest.mark.redis
+async def test_concurrent_publishers_keep_each_ones_order(streams_bus: RedisStreamsBus) -> None:
+    """Publishes queued while a batch is in flight leave together, in the order they came."""
+    bus = streams_bus
+    stream = f"test.order.{uuid.uuid4().hex[:6]}"
+    ready = asyncio.Event()
+    reader = asyncio.create_task(collect(bus, stream, 400, ready))
+    await ready.wait()
+    await asyncio.sleep(0)
+
+    async def sender(name: str) -> None:
+        for i in range(100):
+            await bus.publish(stream, BusEvent("message", {"s": name, "i": i}))
+
+    await asyncio.gather(*(sender(n) for n in "abc"))
+    await bus.publish_many([(stream, BusEvent("message", {"s": "d", "i": i})) for i in range(100)])
+    events = await reader
+    for name in "abcd":
+        assert [e.data["i"] for e in events if e.data["s"] == name] == list(range(100))
 
 
 @pytest.mark.redis
 async def test_publisher_outage_is_unavailable_and_the_next_publish_reconnects(
     redis_url: str,
 ) -> None:
-    from app.bus.redis_streams import RedisStreamsBus
     from tests.support.faults import TcpProxy
 
     port = urlsplit(redis_url).port or 6379
@@ -147,22 +147,16 @@ async def test_publisher_outage_is_unavailable_and_the_next_publish_reconnects(
 
 
 @pytest.mark.redis
-async def test_an_error_reply_fails_only_its_own_command(redis_url: str) -> None:
-    from app.bus.redis_streams import RedisStreamsBus
-
-    bus = RedisStreamsBus(redis_url, maxlen=1000)
-    await bus.connect()
-    try:
-        key = f"test.notastream.{uuid.uuid4().hex[:6]}"
-        await bus.client.set(key, "x")  # XADD to a string key: WRONGTYPE
-        good = f"test.good.{uuid.uuid4().hex[:6]}"
-        results = await asyncio.gather(
-            bus.publish(key, BusEvent("message", {"i": 0})),
-            bus.publish(good, BusEvent("message", {"i": 1})),
-            return_exceptions=True,
-        )
-        assert isinstance(results[0], Unavailable) and results[1] is None
-        assert await bus.client.xlen(good) == 1
-        await bus.client.delete(key)
-    finally:
-        await bus.disconnect()
+async def test_an_error_reply_fails_only_its_own_command(streams_bus: RedisStreamsBus) -> None:
+    bus = streams_bus
+    key = f"test.notastream.{uuid.uuid4().hex[:6]}"
+    await bus.client.set(key, "x")  # XADD to a string key: WRONGTYPE
+    good = f"test.good.{uuid.uuid4().hex[:6]}"
+    results = await asyncio.gather(
+        bus.publish(key, BusEvent("message", {"i": 0})),
+        bus.publish(good, BusEvent("message", {"i": 1})),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Unavailable) and results[1] is None
+    assert await bus.client.xlen(good) == 1
+    await bus.client.delete(key)

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from app.bus.memory import InMemoryBus
 from app.config import Settings
+from app.db.base import NewMessage
 from app.db.hotpath import HotPath
 from app.db.models import Message, OutboxEntry
 from app.db.repositories.groups import GroupRepository
@@ -280,14 +281,7 @@ async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
             idle.seqs_for_user("bob"),
             idle.messages_after("g", 0, 10),
             idle.store_message(
-                message_id="m",
-                group_id="g",
-                sender_id="bob",
-                sender_name="Bob",
-                msg_type=1,
-                content="x",
-                image_url="",
-                client_msg_id=None,
+                NewMessage("m", "g", "bob", "Bob", 1, "x", "", None),
                 outbox_stream=None,
                 outbox_event=b"",
             ),

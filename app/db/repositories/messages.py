@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import and_, exists, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import utcnow
+from app.db.base import NewMessage, utcnow
 from app.db.models import Group, GroupMember, Message, ReadMark
 
 
@@ -16,36 +15,26 @@ class MessageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def store(
-        self,
-        *,
-        group_id: str,
-        sender_id: str,
-        sender_name: str,
-        msg_type: int,
-        content: str,
-        image_url: str,
-        client_msg_id: str | None,
-    ) -> Message | None:
+    async def store(self, new: NewMessage) -> Message | None:
         """Store a message with the group's next seq in the session's transaction; None when
         the sender is not a member. (On Postgres the service stores messages through
         app.db.hotpath instead: one statement, no transaction.)
 
         Raises IntegrityError when (group, sender, client_msg_id) exists already.
         """
-        seq = await self.next_seq(group_id=group_id, sender_id=sender_id)
+        seq = await self.next_seq(group_id=new.group_id, sender_id=new.sender_id)
         if seq is None:
             return None
         message = Message(
-            id=str(uuid.uuid4()),
-            group_id=group_id,
+            id=new.id,
+            group_id=new.group_id,
             seq=seq,
-            sender_id=sender_id,
-            sender_name=sender_name,
-            msg_type=msg_type,
-            content=content,
-            image_url=image_url,
-            client_msg_id=client_msg_id,
+            sender_id=new.sender_id,
+            sender_name=new.sender_name,
+            msg_type=new.msg_type,
+            content=new.content,
+            image_url=new.image_url,
+            client_msg_id=new.client_msg_id,
             created_at=utcnow(),
         )
         self.session.add(message)
