@@ -161,7 +161,7 @@ class RedisStreamsBus:
         self.maxlen = maxlen
         self.block_ms = block_ms
         self._client: redis.Redis | None = None
-        self._readers: list[redis.Redis] = []
+        self._readers: list[AbstractConnection] = []
         self._clock_offset_ms = 0
         self._publisher: Publisher | None = None
 
@@ -179,11 +179,12 @@ class RedisStreamsBus:
         if self._publisher is not None:
             await self._publisher.close()
             self._publisher = None
-        for client in [*self._readers, *([self._client] if self._client else [])]:
-            try:
-                await client.aclose()
-            except Exception:
-                pass
+        for reader in self._readers:
+            with contextlib.suppress(Exception):
+                await reader.disconnect()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
         self._readers.clear()
         self._client = None
 
@@ -221,26 +222,31 @@ class RedisStreamsBus:
     def subscribe(self, stream: str) -> AsyncIterator[BusEvent]:
         """Every entry from the moment of this call: entry ids are Redis timestamps, so the
         subscription starts from Redis's clock now (minus a small margin: a few entries from
-        just before may come twice, which every consumer tolerates, but none is missed)."""
-        reader = redis.Redis.from_url(
-            self.url, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=2
-        )
+        just before may come twice, which every consumer tolerates, but none is missed).
+
+        Each subscription reads on a connection of its own (a blocking XREAD holds it), with
+        the command written and the reply read directly, like the publisher's."""
+        reader = _connection(self.url, self.block_ms / 1000 + 5)
         self._readers.append(reader)
         start = max(0, now_ms() + self._clock_offset_ms - START_MARGIN_MS)
         return self._read(reader, stream, f"{start}-0")
 
     async def _read(
-        self, reader: redis.Redis, stream: str, last_id: str
+        self, reader: AbstractConnection, stream: str, last_id: str
     ) -> AsyncIterator[BusEvent]:
         backoff = BACKOFF_START
         try:
             while True:
                 try:
-                    response: Any = await reader.xread(
-                        {stream: last_id}, count=READ_COUNT, block=self.block_ms
-                    )
+                    await reader.send_command(
+                        "XREAD", "COUNT", READ_COUNT, "BLOCK", self.block_ms,
+                        "STREAMS", stream, last_id,
+                    )  # fmt: skip
+                    response: Any = await reader.read_response()
                     backoff = BACKOFF_START
-                except (RedisError, OSError) as exc:
+                except (RedisError, OSError, TimeoutError) as exc:
+                    with contextlib.suppress(Exception):
+                        await reader.disconnect()
                     log.warning(
                         "[WS] stream %s read failed (%s); retrying in %.1fs from %s",
                         stream,
@@ -251,25 +257,26 @@ class RedisStreamsBus:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP)
                     continue
-                for _name, entries in response or ():
-                    for raw_id, fields in entries:
+                # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+                replies = response.items() if isinstance(response, dict) else response or ()
+                for _name, entries in replies:
+                    for raw_id, flat in entries:
                         entry_id = raw_id.decode()
                         last_id = entry_id
                         try:
+                            fields = dict(zip(flat[::2], flat[1::2], strict=True))
                             event = BusEvent(
                                 kind=fields[b"k"].decode(),
                                 data=orjson.loads(fields[b"d"]),
                                 entry_id=entry_id,
                                 published_at=entry_time(entry_id),
                             )
-                        except (KeyError, ValueError, UnicodeDecodeError):
+                        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
                             log.warning("[WS] malformed entry %s on %s dropped", entry_id, stream)
                             continue
                         yield event
         finally:
             if reader in self._readers:
                 self._readers.remove(reader)
-            try:
-                await reader.aclose()
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                await reader.disconnect()

@@ -160,3 +160,25 @@ async def test_an_error_reply_fails_only_its_own_command(streams_bus: RedisStrea
     assert isinstance(results[0], Unavailable) and results[1] is None
     assert await bus.client.xlen(good) == 1
     await bus.client.delete(key)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_stream_reads_parse_both_reply_protocols(redis_url: str, protocol: int) -> None:
+    """The reader parses XREAD replies itself: RESP3 maps and RESP2 lists alike."""
+    sep = "&" if "?" in redis_url else "?"
+    bus = RedisStreamsBus(f"{redis_url}{sep}protocol={protocol}", maxlen=1000)
+    await bus.connect()
+    try:
+        stream = f"test.resp{protocol}.{uuid.uuid4().hex[:6]}"
+        ready = asyncio.Event()
+        reader = asyncio.create_task(collect(bus, stream, 3, ready))
+        await ready.wait()
+        await asyncio.sleep(0)
+        for i in range(3):
+            await bus.publish(stream, BusEvent("message", {"i": i, "t": "ü"}))
+        assert [(e.kind, e.data) for e in await reader] == [
+            ("message", {"i": i, "t": "ü"}) for i in range(3)
+        ]
+    finally:
+        await bus.disconnect()
