@@ -53,9 +53,10 @@ PUBLISH_TIMEOUT = 2.0
 Command = tuple[Any, ...]
 
 
-class Publisher:
-    """Every XADD of this instance goes out on one connection, pipelined: whatever queued up
-    while a batch was in flight leaves in the next one, in order, as one write.
+class PipelinedConnection:
+    """Commands from every caller go out on one connection, pipelined: whatever queued up
+    while a batch was in flight leaves in the next one, in order, as one write. The bus's
+    XADDs and presence's scripts use it.
 
     redis-py's client path costs ~0.25 ms of CPU per command (pool checkout, retry wrapper,
     observability hooks, response callbacks): more than storing the message in Postgres.
@@ -79,7 +80,7 @@ class Publisher:
         self._queue.extend(zip(commands, futures, strict=True))
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="redis-publisher")
+            self._task = loop.create_task(self._run(), name="redis-pipeline")
         if len(futures) == 1:
             return [await futures[0]]
         return list(await asyncio.gather(*futures))
@@ -92,7 +93,7 @@ class Publisher:
             self._task = None
         for _, future in self._queue:
             if not future.done():
-                future.set_exception(Unavailable("bus closed"))
+                future.set_exception(Unavailable("redis connection closed"))
         self._queue.clear()
         await self._drop()
 
@@ -129,14 +130,14 @@ class Publisher:
                     if future.done():
                         continue
                     if isinstance(reply, ResponseError):
-                        future.set_exception(Unavailable(f"bus refused the command: {reply}"))
+                        future.set_exception(Unavailable(f"redis refused the command: {reply}"))
                     else:
                         future.set_result(reply)
         except (RedisError, OSError, TimeoutError, asyncio.CancelledError) as exc:
             await self._drop()
             for _, future in batch[done:]:
                 if not future.done():
-                    error = Unavailable("bus unavailable, retry later")
+                    error = Unavailable("redis unavailable, retry later")
                     error.__cause__ = exc
                     future.set_exception(error)
             if isinstance(exc, asyncio.CancelledError):
@@ -163,12 +164,12 @@ class RedisStreamsBus:
         self._client: redis.Redis | None = None
         self._readers: list[AbstractConnection] = []
         self._clock_offset_ms = 0
-        self._publisher: Publisher | None = None
+        self._publisher: PipelinedConnection | None = None
 
     async def connect(self) -> None:
         # Short timeouts: a publish during an outage fails fast (503), it never hangs.
         self._client = redis.Redis(connection_pool=blocking_pool(self.url))
-        self._publisher = Publisher(self.url)
+        self._publisher = PipelinedConnection(self.url)
         try:
             seconds, micros = await self._client.time()
             self._clock_offset_ms = seconds * 1000 + micros // 1000 - now_ms()
@@ -207,7 +208,7 @@ class RedisStreamsBus:
         )  # fmt: skip
 
     @property
-    def publisher(self) -> Publisher:
+    def publisher(self) -> PipelinedConnection:
         if self._publisher is None:
             raise RuntimeError("bus not connected")
         return self._publisher

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from app.bus.redis_streams import blocking_pool
+from app.bus.redis_streams import PipelinedConnection, blocking_pool
 from app.errors import Unavailable
 
 log = logging.getLogger("app.presence")
@@ -36,7 +36,7 @@ def best_effort(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
         try:
             await method(*args, **kwargs)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, Unavailable) as exc:
             log.warning("[WS] presence %s failed: %s", method.__name__, exc.__class__.__name__)
 
     return wrapper
@@ -100,8 +100,9 @@ class RedisPresence:
         self.ttl = ttl
         self.instance = instance or uuid.uuid4().hex[:12]
         self.client = redis.Redis(connection_pool=blocking_pool(url))
-        self._connect = self.client.register_script(_CONNECT)
-        self._disconnect = self.client.register_script(_DISCONNECT)
+        # Connects and disconnects (one script each) share a pipelined connection: under a
+        # reconnect storm they leave in batches, without redis-py's per-command overhead.
+        self._pipe = PipelinedConnection(url)
 
     def _field(self, conn_id: str) -> str:
         return f"c:{self.instance}:{conn_id}"
@@ -109,16 +110,14 @@ class RedisPresence:
     @best_effort
     async def connect(self, user_id: str, conn_id: str, groups: Iterable[str]) -> None:
         keys = [user_key(user_id), USERS, *(group_key(g) for g in groups)]
-        await self._connect(
-            keys=keys, args=[int(time.time()), self._field(conn_id), self.ttl, user_id]
-        )
+        args = [int(time.time()), self._field(conn_id), self.ttl, user_id]
+        await self._pipe.execute(("EVAL", _CONNECT, len(keys), *keys, *args))
 
     @best_effort
     async def disconnect(self, user_id: str, conn_id: str, groups: Iterable[str]) -> None:
         keys = [user_key(user_id), USERS, *(group_key(g) for g in groups)]
-        await self._disconnect(
-            keys=keys, args=[self._field(conn_id), int(time.time()), self.ttl, user_id]
-        )
+        args = [self._field(conn_id), int(time.time()), self.ttl, user_id]
+        await self._pipe.execute(("EVAL", _DISCONNECT, len(keys), *keys, *args))
 
     @best_effort
     async def heartbeat(self, entries: Iterable[tuple[str, str]]) -> None:
@@ -148,4 +147,5 @@ class RedisPresence:
         return {user_id for user_id, exists in zip(ids, found, strict=True) if exists}
 
     async def close(self) -> None:
+        await self._pipe.close()
         await self.client.aclose()
