@@ -42,7 +42,23 @@ class ClosedError(ConnectionError):
     pass
 
 
-class RawConn(asyncio.Protocol):
+class Requests:
+    """What both client kinds share: a request is a frame whose reply carries its message_id."""
+
+    waiters: dict[str, asyncio.Future[dict[str, Any]]]
+
+    def send_json(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def request(self, obj: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Send a frame; the future resolves with the reply carrying its message_id."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[obj["message_id"]] = fut
+        self.send_json(obj)
+        return fut
+
+
+class RawConn(Requests, asyncio.Protocol):
     """One client connection (raw RFC 6455 over an asyncio transport)."""
 
     def __init__(self, worker: Worker, spec: dict[str, Any]) -> None:
@@ -194,13 +210,6 @@ class RawConn(asyncio.Protocol):
     def send_json(self, obj: dict[str, Any]) -> None:
         self.send_frame(0x1, dumps(obj))
 
-    def request(self, obj: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        """Send a frame; the future resolves with the reply carrying its message_id."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[obj["message_id"]] = fut
-        self.send_json(obj)
-        return fut
-
     def close(self, code: int = 1000) -> None:
         if self.closing or self.lost:
             return
@@ -213,7 +222,7 @@ class RawConn(asyncio.Protocol):
             self.transport.close()
 
 
-class LibConn:
+class LibConn(Requests):
     """Same duties as RawConn on the `websockets` library's asyncio client (for comparison)."""
 
     def __init__(self, worker: Worker, spec: dict[str, Any]) -> None:
@@ -265,12 +274,6 @@ class LibConn:
 
     def send_json(self, obj: dict[str, Any]) -> None:
         asyncio.ensure_future(self.ws.send(dumps(obj).decode()))
-
-    def request(self, obj: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[obj["message_id"]] = fut
-        self.send_json(obj)
-        return fut
 
     def close(self, code: int = 1000) -> None:
         if self.closing or self.lost:

@@ -20,6 +20,7 @@ import asyncpg
 
 from app.db.base import NewMessage
 from app.errors import Unavailable
+from app.schemas.events import message_fields
 
 log = logging.getLogger("app.db")
 
@@ -180,17 +181,4 @@ class HotPath:
         """Up to `limit` messages of a group after `after_seq`, as `new_message` data."""
         async with self._connection() as connection:
             rows = await connection.fetch(MESSAGES_AFTER, group_id, after_seq, limit)
-        return [
-            {
-                "message_id": r[0],
-                "group_id": r[1],
-                "seq": r[2],
-                "sender_id": r[3],
-                "sender_name": r[4],
-                "msg_type": r[5],
-                "content": r[6],
-                "image_url": r[7],
-                "created_at": r[8],
-            }
-            for r in rows
-        ]
+        return [message_fields(*row) for row in rows]

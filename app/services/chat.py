@@ -121,17 +121,10 @@ async def send_message(
     )
     stream = ctx.settings.STREAM_MESSAGES
     if ctx.hot is not None:
-        data: dict[str, Any] = {
-            "message_id": new.id,
-            "group_id": group_id,
-            "seq": 0,  # the storing statement fills in seq and created_at
-            "sender_id": new.sender_id,
-            "sender_name": new.sender_name,
-            "msg_type": kind,
-            "content": text,
-            "image_url": url,
-            "created_at": 0,
-        }
+        # seq and created_at (0 here) are filled in by the storing statement.
+        data = events.message_fields(
+            new.id, group_id, 0, new.sender_id, new.sender_name, kind, text, url, 0
+        )
         use_outbox = ctx.outbox is not None
         try:
             row = await ctx.hot.store_message(

@@ -9,20 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support.services import Users
+from tests.support.shapes import MESSAGE_FIELDS
 from tests.support.tokens import bearer, token
 
 V1 = "/api/v1"
-MESSAGE_KEYS = {
-    "message_id",
-    "group_id",
-    "seq",
-    "sender_id",
-    "sender_name",
-    "msg_type",
-    "content",
-    "image_url",
-    "created_at",
-}
 ACK_KEYS = {"message_id", "group_id", "seq", "created_at", "success"}
 
 
@@ -101,7 +91,7 @@ def test_history_shape(api: TestClient, u: Users, twelve: str) -> None:
     assert [m["seq"] for m in items] == list(range(1, 13))
     assert [m["content"] for m in items] == [f"m{n}" for n in range(1, 13)]
     for m in items:
-        assert set(m) == MESSAGE_KEYS
+        assert set(m) == MESSAGE_FIELDS
         assert m["group_id"] == twelve and m["msg_type"] == 1 and m["image_url"] == ""
         assert isinstance(m["created_at"], int) and m["created_at"] > 1_600_000_000_000
     assert items[0]["sender_id"] == u.alice and items[0]["sender_name"] == u.alice.title()
@@ -471,7 +461,7 @@ def test_offline_lists_exactly_the_unread(
     body = offline(api, u.bob).json()
     assert body["next_cursor"] is None
     assert [m["message_id"] for m in body["items"]] == [m["message_id"] for m in inbox]
-    assert all(set(m) == MESSAGE_KEYS for m in body["items"])
+    assert all(set(m) == MESSAGE_FIELDS for m in body["items"])
     assert all(m["sender_id"] != u.bob for m in body["items"])
     created = [m["created_at"] for m in body["items"]]
     assert created == sorted(created)

@@ -31,6 +31,7 @@ from app.config import Settings
 from app.main import Lifecycle, create_app
 from tests.support import services
 from tests.support.server import ServerProcess
+from tests.support.shapes import MESSAGE_FIELDS
 from tests.support.tokens import SECRET, bearer, token
 from tests.support.wsclient import WsClient
 
@@ -298,19 +299,6 @@ async def metrics_text(server: ServerProcess) -> str:
     return response.text
 
 
-NEW_MESSAGE_FIELDS = {
-    "message_id",
-    "group_id",
-    "seq",
-    "sender_id",
-    "sender_name",
-    "msg_type",
-    "content",
-    "image_url",
-    "created_at",
-}
-
-
 # -- §3.2 client → server ----------------------------------------------------------------------
 
 
@@ -373,7 +361,7 @@ async def test_send_message_ack_and_new_message_shape(server: ServerProcess, ws:
 
     for client in (receiver, sender):
         first = await client.expect(lambda f: f["type"] == "new_message")
-        assert set(first["data"]) == NEW_MESSAGE_FIELDS
+        assert set(first["data"]) == MESSAGE_FIELDS
         assert first["data"] == {
             "message_id": data["message_id"],
             "group_id": group,

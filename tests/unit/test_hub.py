@@ -46,6 +46,28 @@ def msg_event(seq: int, group_id: str = G, **fields: object) -> BusEvent:
     return BusEvent(events.MESSAGE, message(group_id, seq, **fields))
 
 
+async def held_replay(
+    store: FakeStore,
+    transport: FakeTransport,
+    *,
+    last_seq: int,
+    limit: int,
+    queue_limit: int = 64,
+) -> tuple[Hub, Connection, asyncio.Task[tuple[int, bool]]]:
+    """A connection resuming from seq 0 while the group is at `last_seq`: live frames are
+    held, and the replay's query has read and waits at the store's gate."""
+    store.gate = asyncio.Event()
+    hub = make_hub(store)
+    conn = make_conn(transport, limit=queue_limit)
+    hub.attach_user(conn)
+    hub.subscribe(conn, G, last_seq=last_seq, floor=0)
+    hub.hold(conn, G)
+    replay = asyncio.create_task(hub.replay(conn, G, after_seq=0, limit=limit))
+    async with asyncio.timeout(2):
+        await store.fetched.wait()
+    return hub, conn, replay
+
+
 def seqs(transport: FakeTransport) -> list[int]:
     return [f["data"]["seq"] for f in transport.of_type("new_message")]
 
@@ -213,17 +235,9 @@ async def test_replay_holds_live_frames_and_drops_duplicates_at_the_boundary() -
     store = FakeStore()
     for seq in (1, 2):
         store.add(G, seq)
-    store.gate = asyncio.Event()
-    hub = make_hub(store)
     transport = FakeTransport()
-    conn = make_conn(transport)
-    hub.attach_user(conn)
     # As on auth with resume {G: 0} while the group was at seq 2.
-    hub.subscribe(conn, G, last_seq=2, floor=0)
-    hub.hold(conn, G)
-    replay = asyncio.create_task(hub.replay(conn, G, after_seq=0, limit=10))
-    async with asyncio.timeout(2):
-        await store.fetched.wait()
+    hub, conn, replay = await held_replay(store, transport, last_seq=2, limit=10)
     # Messages 3 and 4 are committed before the query reads; 5 only after.
     store.add(G, 3)
     store.add(G, 4)
@@ -259,16 +273,8 @@ async def test_replay_larger_than_the_send_queue_with_live_traffic_keeps_the_con
     store = FakeStore()
     for seq in range(1, 21):
         store.add(G, seq)
-    store.gate = asyncio.Event()
-    hub = make_hub(store)
     transport = FakeTransport(blocked=True)  # the client reads slowly during the replay
-    conn = make_conn(transport, limit=4)
-    hub.attach_user(conn)
-    hub.subscribe(conn, G, last_seq=20, floor=0)
-    hub.hold(conn, G)
-    replay = asyncio.create_task(hub.replay(conn, G, after_seq=0, limit=50))
-    async with asyncio.timeout(2):
-        await store.fetched.wait()
+    hub, conn, replay = await held_replay(store, transport, last_seq=20, limit=50, queue_limit=4)
     store.add(G, 21)
     hub.deliver(msg_event(21))
     store.gate.set()

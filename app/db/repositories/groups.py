@@ -92,17 +92,8 @@ class GroupRepository:
 
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
         """{group_id: last_seq} of every group the user belongs to (no cap on their number).
-
-        Every WebSocket auth runs this: one prebuilt statement, and on Postgres outside a
-        transaction (no BEGIN/ROLLBACK round trips for a single read).
-        """
-        options = (
-            {"isolation_level": "AUTOCOMMIT"}
-            if self.session.get_bind().dialect.name == "postgresql"
-            else {}
-        )
-        conn = await self.session.connection(execution_options=options)
-        rows = await conn.execute(SEQS_FOR_USER, {"user_id": user_id})
+        (On Postgres every WebSocket auth reads this through app.db.hotpath instead.)"""
+        rows = await self.session.execute(SEQS_FOR_USER, {"user_id": user_id})
         return {group_id: last_seq for group_id, last_seq in rows}
 
     async def views_for_user(
