@@ -137,6 +137,55 @@ class FakeTransport:
         return self.close_code
 
 
+class FakeSocket:
+    """An asyncio transport stand-in that records the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.chunks.append(b"".join(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class DirectFake(FakeTransport):
+    """FakeTransport (for receive/close) with a direct wire whose writability a test flips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket = FakeSocket()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.direct = self
+        self.transport = self.socket
+
+
+def parse_frames(data: bytes) -> list[dict[str, Any]]:
+    """Decode unmasked text frames (RFC 6455 §5.2) back to JSON objects."""
+    out = []
+    i = 0
+    while i < len(data):
+        assert data[i] == 0x81, "FIN + text opcode"
+        n = data[i + 1]
+        i += 2
+        assert n & 0x80 == 0, "server frames are not masked"
+        if n == 126:
+            n = int.from_bytes(data[i : i + 2], "big")
+            i += 2
+        elif n == 127:
+            n = int.from_bytes(data[i : i + 8], "big")
+            i += 8
+        out.append(orjson.loads(data[i : i + n]))
+        i += n
+    return out
+
+
 class FakeStore:
     """Stored messages by group, served through a `fetch_after` like the database's.
 

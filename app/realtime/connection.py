@@ -235,6 +235,27 @@ class Connection:
                 del self.floors[group_id]
         self.push(frame)
 
+    def push_messages(
+        self, group_id: str, messages: list[tuple[int, Outgoing]], wire: bytes
+    ) -> None:
+        """Several live messages of one group, in seq order, whose frames joined are `wire`:
+        one socket write when the socket keeps up and nothing of this group is held or
+        floored; otherwise each goes through `push_message`."""
+        direct = self.direct
+        if (
+            direct is not None
+            and not self.holds
+            and not self.floors
+            and not self.queue
+            and self.state is ConnState.AUTHENTICATED
+            and direct.writable.is_set()
+        ):
+            if not direct.transport.is_closing():
+                direct.transport.write(wire)
+            return
+        for seq, frame in messages:
+            self.push_message(group_id, seq, frame)
+
     def _queue(self) -> deque[Outgoing]:
         if not isinstance(self.queue, deque):
             self.queue = deque()

@@ -11,7 +11,7 @@ from app.bus.base import BusEvent
 from app.realtime.connection import Connection, ConnState
 from app.realtime.hub import Hub
 from app.schemas import events
-from tests.fakes import FakeStore, FakeTransport, message
+from tests.fakes import DirectFake, FakeStore, FakeTransport, message, parse_frames
 
 G = "g1"
 
@@ -531,3 +531,89 @@ async def test_a_large_group_is_sent_a_slice_per_loop_turn_in_order() -> None:
     small.deliver(msg_event(3))
     await t.wait_sent(1)
     assert seqs(t) == [3]
+
+
+def direct_member(hub: Hub, user: str, *, last_seq: int = 2) -> tuple[DirectFake, Connection]:
+    transport = DirectFake()
+    conn = make_conn(transport, user=user, start=False)  # type: ignore[arg-type]
+    join(hub, conn, last_seq=last_seq)
+    conn.floors.clear()  # a member past its join: nothing of the group is floored any more
+    return transport, conn
+
+
+def wire_seqs(transport: DirectFake) -> list[int]:
+    return [f["data"]["seq"] for f in parse_frames(b"".join(transport.socket.chunks))]
+
+
+async def test_messages_that_meet_in_a_large_fan_out_share_one_write_per_member() -> None:
+    """A message that arrives while a large fan-out is still going joins it: each member not
+    served yet gets both in one socket write, and every member gets each message once in
+    seq order."""
+    from app.realtime.hub import EMIT_SLICE
+
+    hub = make_hub()
+    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 3 + 7)]
+    hub.deliver(msg_event(3))
+    served = [t for t, _ in members if t.socket.chunks]
+    assert len(served) == EMIT_SLICE  # one slice went out at once; the rest waits a turn
+    hub.deliver(msg_event(4))
+    hub.deliver(msg_event(5))
+    async with asyncio.timeout(5):
+        while hub._backlog:
+            await asyncio.sleep(0)
+    for transport, _ in members:
+        assert wire_seqs(transport) == [3, 4, 5]
+    writes = [len(t.socket.chunks) for t, _ in members]
+    # Served with 3 alone first, then 4 and 5 together: two writes; the others: one write.
+    assert writes.count(2) == EMIT_SLICE and writes.count(1) == len(members) - EMIT_SLICE
+    assert hub.channels[G].fanout is None
+
+
+async def test_a_member_who_joins_mid_fan_out_starts_a_fan_out_of_its_own() -> None:
+    """Recipients are the members when a fan-out began: a message after a join is not merged
+    into the earlier fan-out, so the newcomer gets it, and only messages after its join."""
+    from app.realtime.hub import EMIT_SLICE
+
+    hub = make_hub()
+    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 2 + 1)]
+    hub.deliver(msg_event(3))
+    newcomer, _ = direct_member(hub, "late", last_seq=3)
+    hub.deliver(msg_event(4))
+    assert len(hub._backlog) == 2
+    async with asyncio.timeout(5):
+        while hub._backlog:
+            await asyncio.sleep(0)
+    assert wire_seqs(newcomer) == [4]
+    for transport, _ in members:
+        assert wire_seqs(transport) == [3, 4]
+
+
+async def test_a_held_or_backed_up_member_of_a_shared_write_gets_each_message_in_order() -> None:
+    """Shared writes fall back to one message at a time for a member that replays (held),
+    one floored by its join, and one whose socket is backed up (queued, then flushed)."""
+    from app.realtime.hub import EMIT_SLICE
+
+    hub = make_hub()
+    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 2)]
+    held_t, held = direct_member(hub, "held")
+    floored_t, floored = direct_member(hub, "floored")
+    floored.floors[G] = 4  # its join read the group at seq 4: 3 and 4 reach it by replay
+    slow_t, slow = direct_member(hub, "slow")
+    hub.hold(held, G)
+    slow_t.writable.clear()
+    hub.deliver(msg_event(3))
+    hub.deliver(msg_event(4))
+    hub.deliver(msg_event(5))
+    async with asyncio.timeout(5):
+        while hub._backlog:
+            await asyncio.sleep(0)
+    assert wire_seqs(floored_t) == [5]
+    assert [seq for seq, _ in held.holds[G]] == [3, 4, 5] and wire_seqs(held_t) == []
+    hub.release(held, G, replayed_upto=3)
+    assert wire_seqs(held_t) == [4, 5]
+    assert wire_seqs(slow_t) == [] and len(slow.queue) == 3
+    slow_t.writable.set()
+    await asyncio.wait_for(slow.flush(), 2)
+    assert wire_seqs(slow_t) == [3, 4, 5]
+    for transport, _ in members:
+        assert wire_seqs(transport) == [3, 4, 5]
