@@ -136,6 +136,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             gap_delay=settings.GAP_FILL_DELAY,
         )
         hub.stall_timeout = settings.FANOUT_STALL_TIMEOUT
+        if settings.REDIS_URL is not None:
+            ctx.deliver_local = hub.deliver
         runtime = Runtime(
             ctx=ctx,
             hub=hub,

@@ -153,6 +153,11 @@ async def send_message(
                 if client_msg_id is None:
                     raise
                 return await _original(ctx, new)
+    if ctx.deliver_local is not None:
+        try:
+            ctx.deliver_local(staged.event)
+        except Exception:  # the bus's copy still comes: it delivers what this did not
+            log.exception("[WS] local delivery of a message failed")
     await ctx.dispatch(staged)
     log.debug("[WS] User %s sent message to group %s", sender.user_id, group_id)
     return SendResult(message=data, created=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -28,6 +28,10 @@ class ServiceContext:
     bus: Bus
     outbox: OutboxRelay | None = None
     hot: HotPath | None = None  # Postgres: the per-connection and per-message statements
+    # This instance's fan-out, for a message stored here: its members get it straight after
+    # the commit instead of after the round trip through the bus (whose copy they then skip,
+    # by seq). Set with a bus that crosses processes; the in-process bus is as direct.
+    deliver_local: Callable[[BusEvent], None] | None = None
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
