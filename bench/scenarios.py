@@ -707,6 +707,10 @@ async def rest(
         "statuses": statuses,
         "items_per_page": pages,
         "req_per_s": ok / duration,
+        # server CPU % x the window = CPU-seconds (the generator may be the limit of req/s)
+        "server_cpu_ms_per_request": (
+            10 * cpu["server_cpu_pct"] * (cpu["window_s"] or 0.0) / ok if ok else None
+        ),
         "lost": 0,
         "duplicates": 0,
         "out_of_order": 0,
