@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -60,6 +61,20 @@ SELECT id, group_id, seq, sender_id, sender_name, msg_type, content, image_url,
        floor(extract(epoch FROM created_at) * 1000)::bigint AS created_ms
 FROM messages WHERE group_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
+
+# The caller's unread messages across its groups (past its read mark, sent by others), in
+# keyset order; the second form continues after a cursor's (created_at, id).
+_UNREAD = """
+SELECT m.id, m.group_id, m.seq, m.sender_id, m.sender_name, m.msg_type, m.content, m.image_url,
+       floor(extract(epoch FROM m.created_at) * 1000)::bigint AS created_ms, m.created_at
+FROM messages m
+JOIN group_members gm ON gm.group_id = m.group_id AND gm.user_id = $1
+LEFT JOIN read_marks r ON r.group_id = m.group_id AND r.user_id = $1
+WHERE m.seq > coalesce(r.last_read_seq, 0) AND m.sender_id <> $1 {after}
+ORDER BY m.created_at, m.id LIMIT $2
+"""
+UNREAD = _UNREAD.format(after="")
+UNREAD_AFTER = _UNREAD.format(after="AND (m.created_at, m.id) > ($3, $4)")
 
 # What a dead, refusing or overloaded database raises: the caller answers 503.
 OUTAGE = (
@@ -182,3 +197,15 @@ class HotPath:
         async with self._connection() as connection:
             rows = await connection.fetch(MESSAGES_AFTER, group_id, after_seq, limit)
         return [message_fields(*row) for row in rows]
+
+    async def unread_for(
+        self, user_id: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[tuple[dict[str, Any], datetime]]:
+        """Up to `limit` unread messages of the user, oldest first: (`new_message` data, its
+        created_at for a cursor)."""
+        async with self._connection() as connection:
+            if after is None:
+                rows = await connection.fetch(UNREAD, user_id, limit)
+            else:
+                rows = await connection.fetch(UNREAD_AFTER, user_id, limit, *after)
+        return [(message_fields(*row[:9]), row[9]) for row in rows]

@@ -249,6 +249,13 @@ async def unread(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Unread messages across the user's groups, oldest first, and the next page's cursor."""
     after = decode_cursor(cursor) if cursor else None
+    if ctx.hot is not None:
+        found = await ctx.hot.unread_for(user_id, limit + 1, after)
+        page = found[:limit]
+        last = page[-1] if len(found) > limit else None
+        return [data for data, _ in page], (
+            encode_cursor(last[1], last[0]["message_id"]) if last is not None else None
+        )
     async with ctx.session() as session:
         rows = await MessageRepository(session).unread_for(
             user_id=user_id, limit=limit + 1, after=after
