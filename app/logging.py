@@ -27,6 +27,20 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# uvicorn's own lines for every WebSocket: the service logs each connect and disconnect once
+# itself, with the user and the close code (seed §8.2), so these only repeated them.
+UVICORN_WS_LINES = frozenset(
+    {'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"}
+)
+
+
+class UvicornWebSocketLines(logging.Filter):
+    """Drops uvicorn's per-WebSocket INFO lines (refusals and errors still pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg in UVICORN_WS_LINES)
+
+
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if json:
@@ -40,3 +54,6 @@ def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, UvicornWebSocketLines) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(UvicornWebSocketLines())

@@ -4,9 +4,10 @@ Postgres only. Through an ORM session each of these cost 0.5–1 ms of CPU (sess
 checkout, greenlet hops, compiled-statement bookkeeping); here each is one prepared
 statement on a pooled connection, 0.1–0.2 ms. The REST offline fetch (`GET
 /messages/offline`, what every client asks on reconnect) reads here too. Everything else
-(the rest of REST, group management, read marks, the outbox relay) stays on SQLAlchemy. The pool never leaves session state
-behind (no SET, LISTEN, cursors or advisory locks, no open transaction), so releasing a
-connection skips asyncpg's reset query: one round trip less per statement.
+(the rest of REST, group management, read marks, the outbox relay) stays on SQLAlchemy.
+The pool never leaves session state behind (no SET, LISTEN, cursors or advisory locks, no
+open transaction), so releasing a connection skips asyncpg's reset query: one round trip
+less per statement.
 """
 
 from __future__ import annotations
