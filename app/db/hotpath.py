@@ -65,14 +65,24 @@ FROM messages WHERE group_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
 
 # The caller's unread messages across its groups (past its read mark, sent by others), in
-# keyset order; the second form continues after a cursor's (created_at, id).
+# keyset order; the second form continues after a cursor's (created_at, id). Each group
+# gives its first $2 unread in seq order, read from its (group_id, seq) index, and those are
+# merged: the cost follows the caller's unread messages, not the table (ordering by
+# created_at alone made the planner walk the whole table's created_at index, every group's
+# history, for each request). A group's seq and created_at are taken together under its row
+# lock (STORE_MESSAGE; the ORM path likewise), so seq order is its created_at order.
 _UNREAD = """
 SELECT m.id, m.group_id, m.seq, m.sender_id, m.sender_name, m.msg_type, m.content, m.image_url,
        floor(extract(epoch FROM m.created_at) * 1000)::bigint AS created_ms, m.created_at
-FROM messages m
-JOIN group_members gm ON gm.group_id = m.group_id AND gm.user_id = $1
-LEFT JOIN read_marks r ON r.group_id = m.group_id AND r.user_id = $1
-WHERE m.seq > coalesce(r.last_read_seq, 0) AND m.sender_id <> $1 {after}
+FROM group_members gm
+LEFT JOIN read_marks r ON r.group_id = gm.group_id AND r.user_id = gm.user_id
+CROSS JOIN LATERAL (
+    SELECT * FROM messages m
+    WHERE m.group_id = gm.group_id AND m.seq > coalesce(r.last_read_seq, 0)
+      AND m.sender_id <> gm.user_id {after}
+    ORDER BY m.seq LIMIT $2
+) m
+WHERE gm.user_id = $1
 ORDER BY m.created_at, m.id LIMIT $2
 """
 UNREAD = _UNREAD.format(after="")

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
+import orjson
 import pytest
 from sqlalchemy import func, select
 
 from app.bus.memory import InMemoryBus
 from app.config import Settings
 from app.db.base import NewMessage
-from app.db.hotpath import HotPath
+from app.db.hotpath import UNREAD, HotPath, asyncpg_dsn
 from app.db.models import Message, OutboxEntry
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -290,3 +294,46 @@ async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
                 await call
     finally:
         await idle.close()
+
+
+def plan_rows(node: dict[str, Any]) -> int:
+    """Rows an EXPLAIN ANALYZE plan node and its children produced or filtered out."""
+    own = int(node.get("Actual Rows", 0) * node.get("Actual Loops", 1))
+    own += int(node.get("Rows Removed by Filter", 0) + node.get("Rows Removed by Join Filter", 0))
+    return own + sum(plan_rows(child) for child in node.get("Plans", ()))
+
+
+async def test_offline_read_does_not_walk_other_groups_history(hot_ctx: ServiceContext) -> None:
+    """The offline fetch's work follows the reader's unread messages: 20,000 older messages of
+    a group the reader is not in are never visited (they once were, one by one: with few
+    groups, each with a long history, the planner walked the whole table by created_at)."""
+    ctx = hot_ctx
+    assert ctx.hot is not None
+    reader = f"reader-{uuid.uuid4().hex[:8]}"
+    mine = await groups.create_group(ctx, owner_id="alice", name="g", member_ids=[reader])
+    other = uuid.uuid4().hex[:12]
+    connection = await asyncpg.connect(asyncpg_dsn(ctx.settings.database_url))
+    try:
+        await connection.execute(
+            "INSERT INTO groups (id, name, owner_id, last_seq, created_at)"
+            " VALUES ($1, 'old', 'alice', 20000, now())",
+            other,
+        )
+        await connection.execute(
+            """INSERT INTO messages (id, group_id, seq, sender_id, sender_name, msg_type,
+                                     content, image_url, created_at)
+               SELECT $1 || '-' || i, $1, i, 'bob', 'Bob', 1, 'old', '',
+                      now() - interval '1 hour' + i * interval '1 ms'
+               FROM generate_series(1, 20000) i""",
+            other,
+        )
+        await connection.execute("ANALYZE messages")
+        sent = [
+            (await send(ctx, str(mine["group_id"]), "alice", f"m{n}")).message for n in range(3)
+        ]
+        found = await ctx.hot.unread_for(reader, 51, None)
+        assert [data for data, _ in found] == sent
+        plan = await connection.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + UNREAD, reader, 51)
+    finally:
+        await connection.close()
+    assert plan_rows(orjson.loads(plan)[0]["Plan"]) < 200, plan
