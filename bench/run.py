@@ -119,6 +119,18 @@ def variants(scenario: str, p: dict[str, Any]) -> list[tuple[str, dict[str, Any]
     raise ValueError(scenario)
 
 
+def load_results(spec: str) -> dict[str, Any]:
+    """A results file; `FILE=PREFIX` keeps only its variants starting with PREFIX, and
+    `FILE=!PREFIX` all but those (to take a scenario from a later run)."""
+    path, _, prefix = spec.partition("=")
+    results: dict[str, Any] = json.loads(Path(path).read_text())
+    keep = not prefix.startswith("!")
+    prefix = prefix.lstrip("!")
+    if prefix:
+        results["runs"] = [r for r in results["runs"] if r["variant"].startswith(prefix) == keep]
+    return results
+
+
 def parse_pairs(text: str) -> list[tuple[int, int]]:
     out = []
     for part in text.split(","):
@@ -154,7 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-docs", action="store_true", help="write the JSON only")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument(
-        "--docs-from", help="re-render docs from results JSON file(s), comma-separated, and exit"
+        "--docs-from",
+        help="re-render docs from results JSON file(s), comma-separated, and exit; FILE=PREFIX"
+        " keeps only that file's variants starting with PREFIX (e.g. run.json=rest), FILE=!PREFIX"
+        " drops them",
     )
     ap.add_argument("--redis-db", type=int, default=11, help="Redis db (FLUSHDB'd) for prod")
     ap.add_argument(
@@ -385,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.docs_from:
         files = [f for f in args.docs_from.split(",") if f]
-        results = report.merge([json.loads(Path(f).read_text()) for f in files])
+        results = report.merge([load_results(f) for f in files])
         rel = ",".join(os.path.relpath(f, ROOT) for f in files)
         report.write_docs(results, Path(args.docs), Path(args.plots_dir), rel, not args.no_plots)
         print(f"wrote {args.docs}")
