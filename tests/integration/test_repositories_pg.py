@@ -337,3 +337,28 @@ async def test_offline_read_does_not_walk_other_groups_history(hot_ctx: ServiceC
     finally:
         await connection.close()
     assert plan_rows(orjson.loads(plan)[0]["Plan"]) < 200, plan
+
+
+async def test_hot_path_gives_up_on_a_database_that_never_answers() -> None:
+    """One deadline bounds the wait for a connection and the statement: a server that
+    accepts and then says nothing gets Unavailable, not a request that hangs."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hot = HotPath(f"postgresql://postgres@127.0.0.1:{port}/test", size=2, timeout=0.3)
+    await hot.start()
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(Unavailable):
+                await hot.seqs_for_user("bob")
+        assert accepted  # it did reach the server, which never answered
+    finally:
+        await hot.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
