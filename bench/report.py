@@ -87,8 +87,9 @@ SCENARIO_TEXT = {
     "alternating between A and B (random senders on both): same-instance vs "
     "cross-instance receivers.",
     "rest": "service targets only: `GET /api/v1/messages/offline?limit=50` from "
-    "concurrent keep-alive httpx clients (split over the generator processes), each "
-    "reader having more than 50 unread messages.",
+    "concurrent keep-alive HTTP/1.1 connections (a plain client on asyncio streams, split "
+    "over the generator processes), each reader having more than 50 unread messages; it "
+    "runs after the other scenarios, on the database they filled.",
 }
 
 
