@@ -24,7 +24,8 @@ REPLAYED = Counter(
 )
 FANOUT_LAG = Histogram(
     "websocket_fanout_lag_seconds",
-    "Time from a bus entry's publication to its local delivery",
+    "Time from a bus entry's publication to this instance reading and delivering it "
+    "(an entry this instance published itself was delivered at once and is only read back)",
     ["service"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
