@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import and_, exists, func, select, tuple_, update
+from sqlalchemy import Table, and_, exists, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import NewMessage, utcnow
 from app.db.models import Group, GroupMember, Message, ReadMark
+
+MESSAGES = cast(Table, Message.__table__)
+GROUPS = cast(Table, Group.__table__)
 
 
 class MessageRepository:
@@ -25,21 +29,22 @@ class MessageRepository:
         seq = await self.next_seq(group_id=new.group_id, sender_id=new.sender_id)
         if seq is None:
             return None
-        message = Message(
-            id=new.id,
-            group_id=new.group_id,
-            seq=seq,
-            sender_id=new.sender_id,
-            sender_name=new.sender_name,
-            msg_type=new.msg_type,
-            content=new.content,
-            image_url=new.image_url,
-            client_msg_id=new.client_msg_id,
-            created_at=utcnow(),
-        )
-        self.session.add(message)
-        await self.session.flush()
-        return message
+        values = {
+            "id": new.id,
+            "group_id": new.group_id,
+            "seq": seq,
+            "sender_id": new.sender_id,
+            "sender_name": new.sender_name,
+            "msg_type": new.msg_type,
+            "content": new.content,
+            "image_url": new.image_url,
+            "client_msg_id": new.client_msg_id,
+            "created_at": utcnow(),
+        }
+        # A Core insert: the ORM's unit of work (flush, identity map) costs more than the
+        # statement on SQLite, and nothing reads the row back through this session.
+        await self.session.execute(insert(MESSAGES).values(**values))
+        return Message(**values)
 
     async def next_seq(self, *, group_id: str, sender_id: str) -> int | None:
         """Take the group's next seq, or None when the sender is not a member.
@@ -50,15 +55,15 @@ class MessageRepository:
         is_member = exists().where(
             GroupMember.group_id == group_id, GroupMember.user_id == sender_id
         )
-        return await self.session.scalar(
-            update(Group)
-            .where(Group.id == group_id, is_member)
-            .values(last_seq=Group.last_seq + 1)
-            .returning(Group.last_seq)
-            # No Python-side evaluation of the criteria against loaded Group objects (~5 % of
-            # an embedded send): the session holds none, or they are not read afterwards.
-            .execution_options(synchronize_session=False)
+        # A Core UPDATE: no ORM bulk-update machinery, no synchronisation of loaded Group
+        # objects (the session holds none that are read afterwards).
+        seq: int | None = await self.session.scalar(
+            update(GROUPS)
+            .where(GROUPS.c.id == group_id, is_member)
+            .values(last_seq=GROUPS.c.last_seq + 1)
+            .returning(GROUPS.c.last_seq)
         )
+        return seq
 
     async def by_client_id(
         self, *, group_id: str, sender_id: str, client_msg_id: str
