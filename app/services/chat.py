@@ -252,10 +252,11 @@ async def unread(
     if ctx.hot is not None:
         found = await ctx.hot.unread_for(user_id, limit + 1, after)
         page = found[:limit]
-        last = page[-1] if len(found) > limit else None
-        return [data for data, _ in page], (
-            encode_cursor(last[1], last[0]["message_id"]) if last is not None else None
-        )
+        cursor_out = None
+        if len(found) > limit:
+            last, created_at = page[-1]
+            cursor_out = encode_cursor(created_at, last["message_id"])
+        return [data for data, _ in page], cursor_out
     async with ctx.session() as session:
         rows = await MessageRepository(session).unread_for(
             user_id=user_id, limit=limit + 1, after=after
