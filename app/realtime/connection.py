@@ -238,9 +238,9 @@ class Connection:
     def push_messages(
         self, group_id: str, messages: list[tuple[int, Outgoing]], wire: bytes
     ) -> None:
-        """Several live messages of one group, in seq order, whose frames joined are `wire`:
-        one socket write when the socket keeps up and nothing of this group is held or
-        floored; otherwise each goes through `push_message`."""
+        """Live messages of one group (one or several), in seq order, whose frames joined are
+        `wire`: one socket write when the socket keeps up and nothing is held or floored;
+        otherwise each goes through `push_message`."""
         direct = self.direct
         if (
             direct is not None

@@ -267,25 +267,18 @@ class Hub:
         messages = fanout.messages
         recipients = fanout.recipients
         n = len(recipients)
-        count: int = min(budget, messages[0][2])
-        group_id, members = fanout.channel.group_id, fanout.channel.members
-        start = fanout.cursor
         if n == 0:
             messages.clear()
             return 1
-        if len(messages) == 1:
-            seq, frame = messages[0][0], messages[0][1]
-            for i in range(start, start + count):
-                conn = recipients[i % n]
-                if conn in members:
-                    conn.push_message(group_id, seq, frame)
-        else:
-            batch = [(m[0], m[1]) for m in messages]
-            wire = b"".join(wire_of(m[1]) for m in messages)
-            for i in range(start, start + count):
-                conn = recipients[i % n]
-                if conn in members:
-                    conn.push_messages(group_id, batch, wire)
+        count: int = min(budget, messages[0][2])
+        group_id, members = fanout.channel.group_id, fanout.channel.members
+        start = fanout.cursor
+        batch = [(m[0], m[1]) for m in messages]
+        wire = b"".join(wire_of(m[1]) for m in messages)
+        for i in range(start, start + count):
+            conn = recipients[i % n]
+            if conn in members:
+                conn.push_messages(group_id, batch, wire)
         fanout.cursor = (start + count) % n
         for message in messages:
             message[2] -= count
