@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import sys
@@ -41,6 +40,7 @@ def _dotenv(key: str) -> str | None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app import gc_policy
     from app.config import get_settings
     from app.logging import configure_logging
     from app.main import Lifecycle, create_app
@@ -71,11 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
             lifecycle.shutting_down = True  # /ready answers 503 from the first signal
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-    # Everything imported and built so far lives as long as the process: keep it out of the
-    # cycle collector, whose full passes over ~130k import-time objects otherwise stall the
-    # event loop for tens of milliseconds (a latency spike for every connection).
-    gc.collect()
-    gc.freeze()
+    # Everything imported and built so far lives as long as the process, and so do most
+    # survivors of a full collection: keep them out of the cycle collector's passes, which
+    # otherwise stall the event loop for as long as the heap is large (app/gc_policy.py).
+    gc_policy.install(settings.GC_FULL_INTERVAL)
     Server(config).run()
     return 0
 

@@ -240,24 +240,33 @@ def test_serve_keeps_import_time_objects_out_of_the_cycle_collector(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`python -m app serve` freezes what startup built before the loop runs (a full
-    collection over it stalls every connection); the server itself is not started here."""
+    collection over it stalls every connection) and installs the collector policy with
+    GC_FULL_INTERVAL (app/gc_policy.py); the server itself is not started here."""
     import gc
     import logging
 
     import uvicorn
 
     from app.__main__ import main
+    from app.gc_policy import GcPolicy
 
     frozen: list[int] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen.append(gc.get_freeze_count()))
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "chat.db"))
+    monkeypatch.setenv("GC_FULL_INTERVAL", "120")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    before = list(gc.callbacks)
     try:
         assert main(["serve", "--port", "1"]) == 0
+        added = [cb for cb in gc.callbacks if cb not in before]
     finally:
+        gc.callbacks[:] = before
         gc.unfreeze()
         root.handlers[:], root.level = handlers, level
     assert frozen and frozen[0] > 10_000
+    policies = [getattr(cb, "__self__", None) for cb in added]
+    assert len(policies) == 1 and isinstance(policies[0], GcPolicy)
+    assert policies[0].full_interval == 120

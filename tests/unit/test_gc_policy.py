@@ -1,0 +1,129 @@
+"""The cycle-collector policy of a serving process (app/gc_policy.py).
+
+These tests change the interpreter's collector state; each one puts it back.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from app import gc_policy
+from app.gc_policy import GcPolicy
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Iterator[Clock]:
+    yield Clock()
+
+
+@pytest.fixture
+def policy(clock: Clock) -> Iterator[GcPolicy]:
+    p = GcPolicy(60.0, clock=clock)
+    p.install()
+    try:
+        yield p
+    finally:
+        p.uninstall()
+        gc.unfreeze()
+        gc.collect()
+
+
+def garbage_cycle() -> weakref.ref[Node]:
+    """A two-object cycle that nothing else references; its weak reference dies only when
+    the cycle collector reclaims it."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def in_young_generations(obj: object) -> bool:
+    return any(o is obj for gen in range(3) for o in gc.get_objects(gen))
+
+
+def test_install_freezes_the_heap_and_listens(policy: GcPolicy) -> None:
+    assert gc.get_freeze_count() > 0
+    assert policy._on_gc in gc.callbacks
+    policy.uninstall()
+    assert policy._on_gc not in gc.callbacks
+
+
+def test_survivors_of_a_full_pass_are_frozen(policy: GcPolicy) -> None:
+    before = gc.get_freeze_count()
+    kept = [Node() for _ in range(1000)]
+    assert in_young_generations(kept[0])
+    gc.collect()
+    assert policy.full_passes == 1
+    assert not in_young_generations(kept[0])  # frozen: the next pass does not walk it
+    assert gc.get_freeze_count() >= before + len(kept)
+
+
+def test_short_lived_cycles_are_still_collected(policy: GcPolicy) -> None:
+    ref = garbage_cycle()
+    assert ref() is not None
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_cycle_among_frozen_objects_waits_for_the_thaw(policy: GcPolicy, clock: Clock) -> None:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    ref = weakref.ref(a)
+    gc.collect()  # the cycle is alive: it survives and is frozen
+    del a, b
+    gc.collect()
+    assert ref() is not None  # frozen garbage: not walked
+    clock.now += 59
+    gc.collect()
+    assert ref() is not None
+    assert gc.get_freeze_count() > 0
+
+    clock.now += 1  # full_interval reached: this pass thaws, the next walks everything
+    gc.collect()
+    assert policy.thawed
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
+    assert not policy.thawed
+    assert gc.get_freeze_count() > 0  # frozen again after the walk over everything
+
+
+def test_zero_interval_keeps_the_interpreters_collector() -> None:
+    count = len(gc.callbacks)
+    try:
+        assert gc_policy.install(0) is None
+        assert len(gc.callbacks) == count
+        assert gc.get_freeze_count() > 0  # the startup heap is still frozen once
+        kept = Node()
+        gc.collect()
+        assert in_young_generations(kept)  # survivors are not frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_install_returns_a_listening_policy() -> None:
+    policy = gc_policy.install(3600)
+    try:
+        assert policy is not None
+        assert policy._on_gc in gc.callbacks
+        assert policy.full_interval == 3600
+    finally:
+        assert policy is not None
+        policy.uninstall()
+        gc.unfreeze()
