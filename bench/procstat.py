@@ -132,3 +132,39 @@ def machine_info() -> dict[str, object]:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
+
+
+def disk_sync_probe(directory: str, seconds: float) -> dict[str, object]:
+    """What a commit waits for: 8 KiB written and fdatasync'd, over and over for `seconds`
+    in `directory` (the database's data directory when readable: the WAL's file system).
+
+    One slow sync holds every commit made meanwhile, whatever the service does."""
+    import tempfile
+    import time
+
+    lat: list[float] = []
+    fd, path = tempfile.mkstemp(prefix=".bench-sync-", dir=directory)
+    try:
+        block = b"x" * 8192
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end:
+            os.pwrite(fd, block, (i % 1024) * 8192)
+            i += 1
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    n = len(lat)
+    return {
+        "directory": directory,
+        "seconds": seconds,
+        "syncs": n,
+        "p50_ms": round(lat[n // 2], 3) if n else None,
+        "p99_ms": round(lat[min(n - 1, int(n * 0.99))], 3) if n else None,
+        "max_ms": round(lat[-1], 1) if n else None,
+        "over_50ms": sum(1 for x in lat if x > 50),
+    }

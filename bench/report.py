@@ -332,6 +332,18 @@ def write_docs(
         f"Linux {m['kernel']}; load average at start {m['loadavg_at_start']} (the machine "
         "is shared: see the machine-busy column)."
     )
+    disk = m.get("disk_sync")
+    if disk:
+        where = "in the bench's temp directory" + {
+            True: " (the file system of the Postgres data directory)",
+            False: " (not the file system of the Postgres data directory)",
+        }.get(disk.get("same_device_as_postgres"), "")
+        w(
+            f"- Disk, what a commit waits for: 8 KiB written + `fdatasync`, back to back for "
+            f"{disk['seconds']} s {where}: {disk['syncs']:,} syncs, p50 {disk['p50_ms']} ms, "
+            f"p99 {disk['p99_ms']} ms, max {disk['max_ms']} ms, {disk['over_50ms']} over 50 ms. "
+            "A slow sync holds every commit meanwhile (the `groups` tail on the service)."
+        )
     w("- " + ", ".join(f"{k} {val}" for k, val in v.items()))
     app = meta.get("app") or {}
     if app:

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from bench import report, scenarios  # noqa: E402
 from bench.pool import WorkerPool  # noqa: E402
-from bench.procstat import machine_info, raise_nofile  # noqa: E402
+from bench.procstat import disk_sync_probe, machine_info, raise_nofile  # noqa: E402
 from bench.targets import (  # noqa: E402
     TARGETS,
     Environment,
@@ -310,6 +310,19 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
             await env.create_database()
             meta["versions"].update(await env.server_versions())
             meta["server_commands"]["migrate"] = env.commands[-1].replace(str(ROOT) + "/", "")
+        meta["machine"]["disk_sync"] = disk = await asyncio.to_thread(
+            disk_sync_probe, str(tmp), 5.0 if args.full else 1.0
+        )
+        if env.pg_data_directory is not None:
+            with contextlib.suppress(OSError):
+                disk["same_device_as_postgres"] = (
+                    os.stat(env.pg_data_directory).st_dev == os.stat(tmp).st_dev
+                )
+        print(
+            f"disk: {disk['syncs']} fdatasync in {disk['seconds']} s, p50 {disk['p50_ms']} ms,"
+            f" p99 {disk['p99_ms']} ms, max {disk['max_ms']} ms, {disk['over_50ms']} over 50 ms",
+            flush=True,
+        )
         await pool.start()
         ctx = scenarios.Ctx(
             env=env,

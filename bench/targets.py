@@ -105,6 +105,7 @@ class Environment:
     tmpdir: Path
     secret: str
     pg_admin: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    pg_data_directory: str | None = None
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     redis_db: int = 11
@@ -178,6 +179,8 @@ class Environment:
             conn = await asyncpg.connect(self.pg_admin)
             try:
                 out["postgres-server"] = str(await conn.fetchval("SHOW server_version"))
+                with contextlib.suppress(Exception):  # superusers only
+                    self.pg_data_directory = str(await conn.fetchval("SHOW data_directory"))
             finally:
                 await conn.close()
         with contextlib.suppress(Exception):

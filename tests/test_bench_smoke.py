@@ -59,3 +59,6 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
     assert "fanout-20x10" in results["summary"]
     text = docs.read_text()
     assert "fanout-20x10" in text and "service-embedded" in text
+    disk = results["meta"]["machine"]["disk_sync"]
+    assert disk["syncs"] > 0 and disk["max_ms"] >= disk["p99_ms"] >= disk["p50_ms"] > 0
+    assert f"{disk['syncs']:,} syncs" in text
