@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 BASELINES = ("websockets", "fastapi")
-TARGET_ORDER = ("service-prod", "service-embedded", "websockets", "fastapi")
+SUMMARY_TARGETS = ("service-prod", "service-embedded", "websockets", "fastapi")
+# uvicorn-asgi: opt-in (bench/baselines/uvicorn_asgi.py), shown under Results only.
+TARGET_ORDER = (*SUMMARY_TARGETS, "uvicorn-asgi")
 
 # (metric key, label, "higher"/"lower" is better), per scenario, in table order.
 SHOW: dict[str, list[tuple[str, str, str]]] = {
@@ -316,6 +318,14 @@ def write_docs(
         "(`bench/baselines/fastapi_manager.py`). The baselines speak the same JSON subset "
         "(auth with the same JWT, join, send → ack + `new_message` with a per-group seq) "
         "and store nothing."
+        + (
+            " **uvicorn-asgi** (opt-in) — the same subset as a bare ASGI app under uvicorn, "
+            "no framework, one awaited `websocket.send` per recipient "
+            "(`bench/baselines/uvicorn_asgi.py`): uvicorn's own cost, told apart from a "
+            "framework's and the service's."
+            if any("uvicorn-asgi" in per for per in summary.values())
+            else ""
+        )
     )
     w("")
     w(
@@ -379,10 +389,10 @@ def write_docs(
         per = summary.get(variant, {})
         for key in HEADLINE.get(scenario, []):
             label = next((lab for k, lab, _ in SHOW[scenario] if k == key), key)
-            stats = {t: per.get(t, {}).get(key) for t in TARGET_ORDER}
+            stats = {t: per.get(t, {}).get(key) for t in SUMMARY_TARGETS}
             if not any(stats.values()):
                 continue
-            cells = [cell(stats[t]) for t in TARGET_ORDER]
+            cells = [cell(stats[t]) for t in SUMMARY_TARGETS]
             ratios = [
                 ratio(stats[t], stats[b])
                 for t in ("service-prod", "service-embedded")
@@ -608,6 +618,7 @@ COLORS = {
     "service-embedded": "#2ca02c",
     "websockets": "#ff7f0e",
     "fastapi": "#d62728",
+    "uvicorn-asgi": "#8c564b",
     "single": "#1f77b4",
     "local": "#2ca02c",
     "remote": "#9467bd",

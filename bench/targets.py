@@ -20,6 +20,13 @@ BENCH = ROOT / "bench"
 
 TARGETS = ("service-prod", "service-embedded", "websockets", "fastapi")
 BASELINES = ("websockets", "fastapi")
+# Run only when asked for (--targets …,uvicorn-asgi): uvicorn's cost without a framework.
+OPTIONAL_TARGETS = ("uvicorn-asgi",)
+BASELINE_SCRIPTS = {
+    "websockets": "ws_broadcast.py",
+    "fastapi": "fastapi_manager.py",
+    "uvicorn-asgi": "uvicorn_asgi.py",
+}
 
 # Limits raised for load tests (SPEC §8 names).
 LOAD_ENV = {
@@ -228,7 +235,7 @@ class Environment:
         else:
             env = dict(os.environ)
             env["PYTHONPATH"] = str(ROOT)
-            script = "ws_broadcast.py" if target == "websockets" else "fastapi_manager.py"
+            script = BASELINE_SCRIPTS[target]
             cmd = [
                 sys.executable,
                 str(BENCH / "baselines" / script),

@@ -1,5 +1,6 @@
-"""Keeps bench/run.py working: a tiny fan-out against the embedded service and the websockets
-baseline, one repeat, results and docs into a temp dir. No timing assertions."""
+"""Keeps bench/run.py working: a tiny fan-out against the embedded service, the websockets
+baseline and the opt-in bare-ASGI baseline, one repeat, results and docs into a temp dir. No
+timing assertions."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
         "--scenarios",
         "fanout",
         "--targets",
-        "service-embedded,websockets",
+        "service-embedded,websockets,uvicorn-asgi",
         "--fanout",
         "20x10",
         "--repeats",
@@ -45,7 +46,7 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
     assert len(written) == 1
     results = json.loads(written[0].read_text())
     runs = results["runs"]
-    assert {r["target"] for r in runs} == {"service-embedded", "websockets"}
+    assert {r["target"] for r in runs} == {"service-embedded", "websockets", "uvicorn-asgi"}
     for run in runs:
         assert "error" not in run, run.get("error")
         m = run["metrics"]
@@ -59,6 +60,7 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
     assert "fanout-20x10" in results["summary"]
     text = docs.read_text()
     assert "fanout-20x10" in text and "service-embedded" in text
+    assert "| uvicorn-asgi |" in text and "**uvicorn-asgi** (opt-in)" in text
     disk = results["meta"]["machine"]["disk_sync"]
     assert disk["syncs"] > 0 and disk["max_ms"] >= disk["p99_ms"] >= disk["p50_ms"] > 0
     assert f"{disk['syncs']:,} syncs" in text
