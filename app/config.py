@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     DEV_MODE: bool = False
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: Literal["plain", "json"] = "plain"
-    GC_FULL_INTERVAL: float = Field(3600, ge=0)
+    GC_FULL_INTERVAL: float = Field(600, ge=0)
 
     # Storage and bus (SPEC §2): unset → embedded mode
     DATABASE_URL: str | None = None

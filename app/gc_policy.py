@@ -8,11 +8,15 @@ survived a full pass are, here, almost all as long-lived as their connection, so
 each full pass this policy freezes them (`gc.freeze()`): the next pass walks only what is
 new since, and its pause scales with the growth, not with the number of connections.
 
-What it gives up: a reference cycle among frozen objects is not reclaimed while they are
-frozen (measured: ~0.2 such objects per closed connection, from the HTTP protocol object
-a WebSocket upgrade leaves behind). So every `full_interval` seconds the frozen objects are
-thawed and the next full pass walks everything once, as CPython would do without this
-policy. Plain reference counting frees everything else as usual.
+What it gives up: a reference cycle that was alive at a full pass and dies later is not
+reclaimed while it is frozen. The one found per connection is uvicorn's plain-HTTP protocol
+object, which a WebSocket upgrade leaves in a cycle with its parser: a handshake in flight
+during a full pass leaves ~4 KB behind. Measured in a reconnect storm (2,000 clients at a
+time connecting, authenticating and leaving, 12 times): RSS grew ~1 KB per connection with
+an hour between thaws and levelled off at the figure without this policy with 15 s. So
+every `full_interval` seconds the frozen objects are thawed and the next full pass walks
+everything once, as CPython would do without this policy. Plain reference counting frees
+everything else as usual.
 """
 
 from __future__ import annotations
