@@ -35,6 +35,10 @@ def clock() -> Iterator[Clock]:
 
 @pytest.fixture
 def policy(clock: Clock) -> Iterator[GcPolicy]:
+    """An installed policy; automatic collections are off meanwhile, so only the tests'
+    own `gc.collect()` calls make full passes."""
+    enabled = gc.isenabled()
+    gc.disable()
     p = GcPolicy(60.0, clock=clock)
     p.install()
     try:
@@ -43,6 +47,8 @@ def policy(clock: Clock) -> Iterator[GcPolicy]:
         p.uninstall()
         gc.unfreeze()
         gc.collect()
+        if enabled:
+            gc.enable()
 
 
 def garbage_cycle() -> weakref.ref[Node]:
