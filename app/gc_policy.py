@@ -1,23 +1,24 @@
 """Short pauses of the cycle collector on a large, long-lived heap.
 
-CPython's (3.11–3.13) full, generation 2, collection walks every tracked object that is not frozen.
-A server holding 10,000 connections keeps ~65 tracked objects per connection alive, and
-each full pass then stalls the event loop for half a second (measured: 530 ms with 650k
-objects), once for every quarter by which the long-lived heap has grown. Objects that
-survived a full pass are, here, almost all as long-lived as their connection, so after
-each full pass this policy freezes them (`gc.freeze()`): the next pass walks only what is
-new since, and its pause scales with the growth, not with the number of connections.
+CPython's (3.11–3.13) full, generation 2, collection walks every tracked object that is
+not frozen. A server holding 10,000 connections keeps ~65 tracked objects per connection
+alive, and each full pass then stalls the event loop for half a second (measured: 530 ms
+with 650k objects), once for every quarter by which the long-lived heap has grown. Objects
+that survived a full pass are, here, almost all as long-lived as their connection, so
+after each full pass this policy freezes them (`gc.freeze()`): the next pass walks only
+what is new since, and its pause scales with the growth, not with the number of
+connections.
 
 What it gives up: a reference cycle that was alive at a full pass and dies later is not
-reclaimed while it is frozen. The one found per connection is uvicorn's plain-HTTP protocol
-object, which a WebSocket upgrade leaves in a cycle with its parser and transport objects:
-a handshake in flight during a full pass leaves ~4 KB behind (2,000 connections held open
-across a full pass and closed after it left one). Measured in a reconnect storm (2,000 clients at a
-time connecting, authenticating and leaving, 12 times): RSS grew ~1 KB per connection with
-an hour between thaws and levelled off at the figure without this policy with 15 s. So
-every `full_interval` seconds the frozen objects are thawed and the next full pass walks
-everything once, as CPython would do without this policy. Plain reference counting frees
-everything else as usual.
+reclaimed while it is frozen. The one found per connection is uvicorn's plain-HTTP
+protocol object, which a WebSocket upgrade leaves in a cycle with its parser and transport
+objects: a handshake in flight during a full pass leaves ~4 KB behind (2,000 connections
+held open across a full pass and closed after it left one). In a reconnect storm (2,000
+clients at a time connecting, authenticating and leaving, 12 times) RSS grew ~1 KB per
+connection with an hour between thaws, and levelled off at the figure without this policy
+with 15 s. So every `full_interval` seconds the frozen objects are thawed and the next full
+pass walks everything once, as CPython would do without this policy. Plain reference
+counting frees everything else as usual.
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ class GcPolicy:
         self.full_passes = 0
 
     def install(self) -> None:
-        """Collect and freeze what exists now (the imported code and the built app), then
-        freeze the survivors after every full pass from here on."""
-        gc.collect()
-        gc.freeze()
+        """Freeze what exists now, then the survivors of every full pass from here on."""
+        freeze_now()
         self.last_thaw = self.clock()
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)
@@ -72,12 +71,18 @@ class GcPolicy:
         gc.freeze()
 
 
+def freeze_now() -> None:
+    """Collect, then freeze what is left (at start-up: the imported code and the built app,
+    which live as long as the process)."""
+    gc.collect()
+    gc.freeze()
+
+
 def install(full_interval: float) -> GcPolicy | None:
     """The policy for a serving process; `full_interval` <= 0 leaves CPython's default
     (one freeze of the startup heap only)."""
     if full_interval <= 0:
-        gc.collect()
-        gc.freeze()
+        freeze_now()
         return None
     policy = GcPolicy(full_interval)
     policy.install()

@@ -135,8 +135,9 @@ def machine_info() -> dict[str, object]:
 
 
 def disk_sync_probe(directory: str, seconds: float) -> dict[str, object]:
-    """What a commit waits for: 8 KiB written and fdatasync'd, over and over for `seconds`
-    in `directory` (the database's data directory when readable: the WAL's file system).
+    """What a commit waits for: 8 KiB written and fdatasync'd, over and over for `seconds`,
+    in a file in `directory` (the bench's temp directory; the run records whether it is on
+    the Postgres data directory's file system).
 
     One slow sync holds every commit made meanwhile, whatever the service does."""
     import tempfile

@@ -12,28 +12,21 @@ httptools, the websockets-sansio protocol, no compression).
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
-import uuid
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from jose import jwt
+
+from bench.baselines.protocol import new_message, now_ms, parse_args, reply, run_uvicorn
 
 SECRET = ""
 app = FastAPI()
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class ConnectionManager:
     def __init__(self) -> None:
         self.groups: dict[str, list[WebSocket]] = {}
-        self.seqs: dict[str, int] = {}
 
     def join(self, group: str, websocket: WebSocket) -> None:
         self.groups.setdefault(group, []).append(websocket)
@@ -53,10 +46,6 @@ class ConnectionManager:
 
 
 manager = ConnectionManager()
-
-
-def reply(type: str, message_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": type, "message_id": message_id, "timestamp": now_ms(), "data": data}
 
 
 @app.websocket("/ws")
@@ -119,37 +108,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                         reply("error", mid, {"code": 403, "message": "not a member"}), websocket
                     )
                     continue
-                seq = manager.seqs[group] = manager.seqs.get(group, 0) + 1
-                created = now_ms()
-                message_id = str(uuid.uuid4())
-                body = {
-                    "message_id": message_id,
-                    "group_id": group,
-                    "seq": seq,
-                    "sender_id": user,
-                    "sender_name": name,
-                    "msg_type": data.get("msg_type", 1),
-                    "content": data.get("content", ""),
-                    "image_url": data.get("image_url", ""),
-                    "created_at": created,
-                }
-                ack = {
-                    "message_id": message_id,
-                    "group_id": group,
-                    "seq": seq,
-                    "created_at": created,
-                    "success": True,
-                }
+                ack, push = new_message(group, user, name, data)
                 await manager.send_personal_message(reply("ack", mid, ack), websocket)
-                await manager.broadcast(
-                    group,
-                    {
-                        "type": "new_message",
-                        "message_id": message_id,
-                        "timestamp": created,
-                        "data": body,
-                    },
-                )
+                await manager.broadcast(group, push)
             else:
                 await manager.send_personal_message(
                     reply("error", mid, {"code": 400, "message": "unsupported"}), websocket
@@ -161,23 +122,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--secret", required=True)
-    parser.add_argument("--ping-interval", type=float, default=30.0)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     SECRET = args.secret
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        ws="websockets-sansio",
-        ws_ping_interval=args.ping_interval,
-        ws_ping_timeout=args.ping_interval * 2,
-        ws_per_message_deflate=False,
-        loop="auto",
-        http="auto",
-        log_level="warning",
-        access_log=False,
-    )
+    run_uvicorn(app, args)

@@ -12,35 +12,23 @@ httptools, the websockets-sansio protocol, no compression). Stores nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uvicorn
 from jose import jwt
+
+from bench.baselines.protocol import new_message, now_ms, parse_args, reply, run_uvicorn
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 SECRET = ""
 GROUPS: dict[str, list[Send]] = {}
-SEQS: dict[str, int] = {}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def frame(type: str, message_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "websocket.send",
-        "text": json.dumps(
-            {"type": type, "message_id": message_id, "timestamp": now_ms(), "data": data}
-        ),
-    }
+    return {"type": "websocket.send", "text": json.dumps(reply(type, message_id, data))}
 
 
 async def lifespan(receive: Receive, send: Send) -> None:
@@ -109,38 +97,9 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
                 if group not in joined:
                     await send(frame("error", mid, {"code": 403, "message": "not a member"}))
                     continue
-                seq = SEQS[group] = SEQS.get(group, 0) + 1
-                created = now_ms()
-                message_id = str(uuid.uuid4())
-                ack = {
-                    "message_id": message_id,
-                    "group_id": group,
-                    "seq": seq,
-                    "created_at": created,
-                    "success": True,
-                }
+                ack, body = new_message(group, user, name, data)
                 await send(frame("ack", mid, ack))
-                pushed = {
-                    "type": "websocket.send",
-                    "text": json.dumps(
-                        {
-                            "type": "new_message",
-                            "message_id": message_id,
-                            "timestamp": created,
-                            "data": {
-                                "message_id": message_id,
-                                "group_id": group,
-                                "seq": seq,
-                                "sender_id": user,
-                                "sender_name": name,
-                                "msg_type": data.get("msg_type", 1),
-                                "content": data.get("content", ""),
-                                "image_url": data.get("image_url", ""),
-                                "created_at": created,
-                            },
-                        }
-                    ),
-                }
+                pushed = {"type": "websocket.send", "text": json.dumps(body)}
                 for member in list(GROUPS.get(group, [])):
                     try:
                         await member(pushed)
@@ -156,24 +115,6 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--secret", required=True)
-    parser.add_argument("--ping-interval", type=float, default=30.0)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     SECRET = args.secret
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        ws="websockets-sansio",
-        ws_ping_interval=args.ping_interval,
-        ws_ping_timeout=args.ping_interval * 2,
-        ws_per_message_deflate=False,
-        loop="auto",
-        http="auto",
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-    )
+    run_uvicorn(app, args, lifespan="on")

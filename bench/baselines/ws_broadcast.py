@@ -15,24 +15,19 @@ import argparse
 import asyncio
 import json
 import signal
-import time
-import uuid
 from typing import Any
 
 from jose import jwt
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
+from bench.baselines.protocol import new_message, now_ms, parse_args, reply
+
 SECRET = ""
 groups: dict[str, set[ServerConnection]] = {}
-seqs: dict[str, int] = {}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def frame(type: str, message_id: str | None, data: dict[str, Any]) -> str:
-    return json.dumps({"type": type, "message_id": message_id, "timestamp": now_ms(), "data": data})
+    return json.dumps(reply(type, message_id, data))
 
 
 async def handler(ws: ServerConnection) -> None:
@@ -78,34 +73,8 @@ async def handler(ws: ServerConnection) -> None:
                 if group not in joined:
                     await ws.send(frame("error", mid, {"code": 403, "message": "not a member"}))
                     continue
-                seq = seqs[group] = seqs.get(group, 0) + 1
-                created = now_ms()
-                message_id = str(uuid.uuid4())
-                body = {
-                    "message_id": message_id,
-                    "group_id": group,
-                    "seq": seq,
-                    "sender_id": user,
-                    "sender_name": name,
-                    "msg_type": data.get("msg_type", 1),
-                    "content": data.get("content", ""),
-                    "image_url": data.get("image_url", ""),
-                    "created_at": created,
-                }
-                ack = {
-                    "message_id": message_id,
-                    "group_id": group,
-                    "seq": seq,
-                    "created_at": created,
-                    "success": True,
-                }
+                ack, push = new_message(group, user, name, data)
                 await ws.send(frame("ack", mid, ack))
-                push = {
-                    "type": "new_message",
-                    "message_id": message_id,
-                    "timestamp": created,
-                    "data": body,
-                }
                 broadcast(groups[group], json.dumps(push))
             else:
                 await ws.send(frame("error", mid, {"code": 400, "message": "unsupported"}))
@@ -141,12 +110,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--secret", required=True)
-    parser.add_argument("--ping-interval", type=float, default=30.0)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     try:
         import uvloop
 

@@ -59,7 +59,8 @@ def garbage_cycle() -> weakref.ref[Node]:
     return weakref.ref(a)
 
 
-def in_young_generations(obj: object) -> bool:
+def walked_by_collector(obj: object) -> bool:
+    """In one of the three generations, i.e. not frozen."""
     return any(o is obj for gen in range(3) for o in gc.get_objects(gen))
 
 
@@ -73,10 +74,10 @@ def test_install_freezes_the_heap_and_listens(policy: GcPolicy) -> None:
 def test_survivors_of_a_full_pass_are_frozen(policy: GcPolicy) -> None:
     before = gc.get_freeze_count()
     kept = [Node() for _ in range(1000)]
-    assert in_young_generations(kept[0])
+    assert walked_by_collector(kept[0])
     gc.collect()
     assert policy.full_passes == 1
-    assert not in_young_generations(kept[0])  # frozen: the next pass does not walk it
+    assert not walked_by_collector(kept[0])  # frozen: the next pass does not walk it
     assert gc.get_freeze_count() >= before + len(kept)
 
 
@@ -118,7 +119,7 @@ def test_zero_interval_keeps_the_interpreters_collector() -> None:
         assert gc.get_freeze_count() > 0  # the startup heap is still frozen once
         kept = Node()
         gc.collect()
-        assert in_young_generations(kept)  # survivors are not frozen
+        assert walked_by_collector(kept)  # survivors are not frozen
     finally:
         gc.unfreeze()
 
