@@ -1,13 +1,12 @@
-"""The statements every WebSocket auth and every message runs, on a plain asyncpg pool.
+"""The statements every WebSocket auth and every message runs, on plain asyncpg connections.
 
 Postgres only. Through an ORM session each of these cost 0.5–1 ms of CPU (session, pool
 checkout, greenlet hops, compiled-statement bookkeeping); here each is one prepared
-statement on a pooled connection, 0.1–0.2 ms. The REST offline fetch (`GET
+statement on a connection lent by app.db.pgpool, 0.1–0.2 ms. The REST offline fetch (`GET
 /messages/offline`, what every client asks on reconnect) reads here too. Everything else
 (the rest of REST, group management, read marks, the outbox relay) stays on SQLAlchemy.
-The pool never leaves session state behind (no SET, LISTEN, cursors or advisory locks, no
-open transaction), so releasing a connection skips asyncpg's reset query: one round trip
-less per statement.
+No statement leaves session state behind (no SET, LISTEN, cursors or advisory locks, no
+open transaction), so a connection goes back to the pool as it is: no reset query.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from app.db.base import NewMessage
+from app.db.pgpool import LeanPool
 from app.errors import Unavailable
 from app.schemas.events import message_fields
 
@@ -89,11 +89,14 @@ ORDER BY m.created_at, m.id LIMIT $2
 UNREAD = _UNREAD.format(after="")
 UNREAD_AFTER = _UNREAD.format(after="AND (m.created_at, m.id) > ($3, $4)")
 
-# What a dead, refusing or overloaded database raises: the caller answers 503.
+# What a dead, refusing or overloaded database raises: the caller answers 503. (A backend
+# killed between statements can leave its connection's protocol out of step, which asyncpg
+# reports as InternalClientError until it sees the socket close.)
 OUTAGE = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
@@ -109,10 +112,6 @@ class StoredRow:
     seq: int
     created_ms: int
     outbox_id: int | None
-
-
-async def _no_reset(_connection: asyncpg.Connection) -> None:
-    """Nothing to reset: see the module's docstring."""
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -134,20 +133,12 @@ class HotPath:
         self.size = size
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: LeanPool | None = None
 
     async def start(self) -> None:
         """Create the pool; connections open on first use, so a database that is down at
         start-up delays nothing (requests answer 503 until it is back)."""
-        self._pool = await asyncpg.create_pool(
-            self.dsn,
-            min_size=0,
-            max_size=self.size,
-            reset=_no_reset,
-            timeout=self.connect_timeout,
-            # No idle-close timer armed on every release (at most DB_POOL_SIZE stay open).
-            max_inactive_connection_lifetime=0,
-        )
+        self._pool = LeanPool(self.dsn, size=self.size, connect_timeout=self.connect_timeout)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -159,11 +150,24 @@ class HotPath:
         """A pooled connection for one statement; the wait for it and the statement share one
         deadline. (asyncpg's own acquire and command timeouts each wrap the call in
         `wait_for`, a task and a timer: ~25 us of CPU on every message and every auth.)"""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise Unavailable("storage unavailable, retry later")
         try:
-            async with asyncio.timeout(self.timeout), self._pool.acquire() as connection:
-                yield connection
+            async with asyncio.timeout(self.timeout):
+                connection = await pool.acquire()
+                try:
+                    yield connection
+                except (asyncio.CancelledError, *OUTAGE):
+                    pool.discard(connection)  # broken, or the statement may still be running
+                    raise
+                except asyncpg.PostgresError:
+                    pool.release(connection)  # the database answered with an error
+                    raise
+                except BaseException:
+                    pool.discard(connection)  # nothing says what state it is in
+                    raise
+                pool.release(connection)
         except OUTAGE as exc:
             log.warning("[WS] storage unavailable: %s", exc.__class__.__name__)
             raise Unavailable("storage unavailable, retry later") from exc
@@ -184,8 +188,8 @@ class HotPath:
 
         Raises DuplicateMessage when (group, sender, client_msg_id) exists already.
         """
-        async with self._connection() as connection:
-            try:
+        try:
+            async with self._connection() as connection:
                 row = await connection.fetchrow(
                     STORE_MESSAGE,
                     new.id,
@@ -199,8 +203,8 @@ class HotPath:
                     outbox_event.decode() if outbox_stream is not None else "{}",
                     outbox_stream,
                 )
-            except asyncpg.UniqueViolationError as exc:
-                raise DuplicateMessage() from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateMessage() from exc
         if row is None:
             return None
         return StoredRow(seq=row[0], created_ms=row[1], outbox_id=row[2])
