@@ -16,9 +16,13 @@ from app.logging import configure_logging
 def restore_logging() -> Iterator[None]:
     root, uvicorn = logging.getLogger(), logging.getLogger("uvicorn.error")
     saved = root.handlers[:], root.level, uvicorn.filters[:]
+    lookups = logging._srcfile, logging.logThreads, logging.logProcesses
+    multiprocessing = logging.logMultiprocessing
     yield
     root.handlers[:], uvicorn.filters[:] = saved[0], saved[2]
     root.setLevel(saved[1])
+    logging._srcfile, logging.logThreads, logging.logProcesses = lookups
+    logging.logMultiprocessing = multiprocessing
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -45,3 +49,32 @@ def test_uvicorn_websocket_lines_are_dropped_and_the_rest_kept(
         ("WARNING", "connection closed"),
         ("INFO", "[WS] User alice connected from 10.0.0.1"),
     ]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_records_skip_the_lookups_no_format_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No caller frame walk, thread or process lookup per record; the lines and tracebacks
+    read the same."""
+    captured = io.StringIO()
+    monkeypatch.setattr("sys.stderr", captured)
+    configure_logging()
+    records: list[logging.LogRecord] = []
+
+    class Probe(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logging.getLogger().addHandler(Probe())
+    log = logging.getLogger("app.realtime")
+    log.info("[WS] User %s connected from %s", "alice", "10.0.0.1")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("[WS] handling a frame on %s failed", "c1")
+    assert [(r.lineno, r.funcName, r.thread, r.process) for r in records] == [
+        (0, "(unknown function)", None, None)
+    ] * 2
+    lines = captured.getvalue().splitlines()
+    assert lines[0].endswith(" INFO app.realtime [WS] User alice connected from 10.0.0.1")
+    assert lines[1].endswith(" ERROR app.realtime [WS] handling a frame on c1 failed")
+    assert lines[2] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
