@@ -112,7 +112,8 @@ class LeanPool:
         run on unnoticed after its caller gave up. The slot frees when the close is done:
         the pool never holds more than `size` backends.
         """
-        if connection.is_closed():
+        if connection.is_closed() or self._closed:
+            connection.terminate()  # at shutdown nothing waits for the cancel
             self._free_slot()
             return
         task = asyncio.get_running_loop().create_task(self._close(connection))
@@ -137,8 +138,8 @@ class LeanPool:
         self._count -= 1
 
     async def close(self) -> None:
-        """Close the free connections and wait for those closing; lent ones close when they
-        come back."""
+        """Close the free connections and wait for those closing; lent ones are terminated
+        when they come back."""
         self._closed = True
         free, self._free = self._free, []
         for waiter in self._waiters:
