@@ -38,6 +38,9 @@ def _dotenv(key: str) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import socket
+
     import uvicorn
 
     from app import gc_policy
@@ -66,15 +69,26 @@ def _serve(args: argparse.Namespace) -> int:
         http="auto",
     )
 
+    # Everything imported and built so far lives as long as the process, and so do most
+    # survivors of a full collection: keep them out of the cycle collector's passes, which
+    # otherwise stall the event loop for as long as the heap is large (app/gc_policy.py).
+    policy = gc_policy.install(settings.GC_FULL_INTERVAL)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: object) -> None:
             lifecycle.shutting_down = True  # /ready answers 503 from the first signal
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
-    # Everything imported and built so far lives as long as the process, and so do most
-    # survivors of a full collection: keep them out of the cycle collector's passes, which
-    # otherwise stall the event loop for as long as the heap is large (app/gc_policy.py).
-    gc_policy.install(settings.GC_FULL_INTERVAL)
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            if policy is None:
+                await super().serve(sockets)
+                return
+            passes = asyncio.create_task(policy.run(), name="gc-small-passes")
+            try:
+                await super().serve(sockets)
+            finally:
+                passes.cancel()
+
     Server(config).run()
     return 0
 

@@ -19,16 +19,25 @@ connection with an hour between thaws, and levelled off at the figure without th
 with 15 s. So every `full_interval` seconds the frozen objects are thawed and the next full
 pass walks everything once, as CPython would do without this policy. Plain reference
 counting frees everything else as usual.
+
+CPython itself starts a full pass only once the objects promoted since the last one
+outnumber a quarter of those it kept, frozen ones included: with 10,000 connections
+arriving, passes of 70–117 ms, each walking the latest quarter at once. `run()` makes a
+full pass every SMALL_PASS_EVERY seconds instead, whenever the young generations have
+promoted anything since the last: each walks what arrived in that quarter second, then it
+is frozen too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable
 from typing import Any
 
 OLDEST = 2  # the generation whose collection is the full pass
+SMALL_PASS_EVERY = 0.25  # seconds between the small full passes of `GcPolicy.run`
 
 
 class GcPolicy:
@@ -53,6 +62,22 @@ class GcPolicy:
     def uninstall(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+
+    def small_pass(self) -> bool:
+        """A full pass now if the young generations promoted anything since the last one
+        (it walks only that: the rest is frozen); whether it ran."""
+        if gc.get_count()[OLDEST] == 0:
+            return False
+        gc.collect(OLDEST)
+        return True
+
+    async def run(self, every: float = SMALL_PASS_EVERY) -> None:
+        """Small full passes every `every` seconds while the collector is enabled, for the
+        life of the serving loop (cancel to stop)."""
+        while True:
+            await asyncio.sleep(every)
+            if gc.isenabled():
+                self.small_pass()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info["generation"] != OLDEST:

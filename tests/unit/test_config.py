@@ -240,8 +240,10 @@ def test_serve_keeps_import_time_objects_out_of_the_cycle_collector(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`python -m app serve` freezes what startup built before the loop runs (a full
-    collection over it stalls every connection) and installs the collector policy with
-    GC_FULL_INTERVAL (app/gc_policy.py); the server itself is not started here."""
+    collection over it stalls every connection), installs the collector policy with
+    GC_FULL_INTERVAL and runs its small passes beside the server (app/gc_policy.py); the
+    server itself is not started here."""
+    import asyncio
     import gc
     import logging
 
@@ -251,7 +253,13 @@ def test_serve_keeps_import_time_objects_out_of_the_cycle_collector(
     from app.gc_policy import GcPolicy
 
     frozen: list[int] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: frozen.append(gc.get_freeze_count()))
+    beside: list[str] = []
+
+    async def serve(self: uvicorn.Server, sockets: object = None) -> None:
+        frozen.append(gc.get_freeze_count())
+        beside.extend(t.get_name() for t in asyncio.all_tasks() if not t.done())
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "chat.db"))
     monkeypatch.setenv("GC_FULL_INTERVAL", "120")
     monkeypatch.delenv("DATABASE_URL", raising=False)
@@ -267,6 +275,7 @@ def test_serve_keeps_import_time_objects_out_of_the_cycle_collector(
         gc.unfreeze()
         root.handlers[:], root.level = handlers, level
     assert frozen and frozen[0] > 10_000
+    assert "gc-small-passes" in beside
     policies = [getattr(cb, "__self__", None) for cb in added]
     assert len(policies) == 1 and isinstance(policies[0], GcPolicy)
     assert policies[0].full_interval == 120

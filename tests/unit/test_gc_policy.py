@@ -5,6 +5,8 @@ These tests change the interpreter's collector state; each one puts it back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import weakref
 from collections.abc import Iterator
@@ -109,6 +111,41 @@ def test_a_cycle_among_frozen_objects_waits_for_the_thaw(policy: GcPolicy, clock
     assert ref() is None
     assert not policy.thawed
     assert gc.get_freeze_count() > 0  # frozen again after the walk over everything
+
+
+def test_a_small_pass_runs_only_after_promotions_and_freezes_them(policy: GcPolicy) -> None:
+    gc.collect()
+    assert not policy.small_pass()  # nothing promoted since that full pass: nothing to walk
+    assert policy.full_passes == 1
+    kept = [Node() for _ in range(1000)]
+    gc.collect(1)  # the young generations promote them
+    assert walked_by_collector(kept[0])
+    assert policy.small_pass()
+    assert policy.full_passes == 2
+    assert not walked_by_collector(kept[0])  # frozen after the small pass
+    assert not policy.small_pass()
+
+
+async def test_run_makes_small_passes_while_the_collector_is_enabled(policy: GcPolicy) -> None:
+    gc.collect()
+    passes = asyncio.create_task(policy.run(every=0.01))
+    try:
+        kept = [Node() for _ in range(100)]
+        gc.collect(1)
+        for _ in range(50):  # the fixture disabled the collector: no pass while it is off
+            await asyncio.sleep(0.01)
+        assert policy.full_passes == 1 and walked_by_collector(kept[0])
+        gc.enable()
+        async with asyncio.timeout(5):
+            while policy.full_passes == 1:
+                await asyncio.sleep(0.01)
+        gc.disable()
+        assert not walked_by_collector(kept[0])
+    finally:
+        gc.disable()
+        passes.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await passes
 
 
 def test_zero_interval_keeps_the_interpreters_collector() -> None:
