@@ -25,7 +25,9 @@ outnumber a quarter of those it kept, frozen ones included: with 10,000 connecti
 arriving, passes of 70–117 ms, each walking the latest quarter at once. `run()` makes a
 full pass every SMALL_PASS_EVERY seconds instead, whenever the young generations have
 promoted anything since the last: each walks what arrived in that quarter second, then it
-is frozen too.
+is frozen too (4–9 ms passes in the same storm). Four passes a second freeze more
+handshakes in flight: measured, ~0.5 KB per connection that comes and goes, instead of
+~0.1 KB, held until the next thaw.
 """
 
 from __future__ import annotations
