@@ -96,13 +96,8 @@ class LeanPool:
         if self._closed or connection.is_closed():
             self.discard(connection)
             return
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(connection)
-                return
-        self._free.append(connection)
+        if not self._hand_over(connection):
+            self._free.append(connection)
 
     def discard(self, connection: asyncpg.Connection) -> None:
         """Close a connection whose statement did not finish (cancelled, timed out, broken).
@@ -129,13 +124,19 @@ class LeanPool:
 
     def _free_slot(self) -> None:
         """A slot came free: the first waiter opens a connection in it, else it is let go."""
+        if not self._hand_over(None):
+            self._count -= 1
+
+    def _hand_over(self, given: asyncpg.Connection | None) -> bool:
+        """Wake the first caller still waiting with a connection, or with None (a free slot
+        to open one in); False when nobody waits."""
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._count -= 1
+                waiter.set_result(given)
+                return True
+        return False
 
     async def close(self) -> None:
         """Close the free connections and wait for those closing; lent ones are terminated

@@ -32,6 +32,15 @@ async def backend(connection: asyncpg.Connection) -> int:
     return int(await connection.fetchval("SELECT pg_backend_pid()"))
 
 
+async def others(admin: asyncpg.Connection) -> list[int]:
+    """Pids of this database's backends other than the admin connection's."""
+    rows = await admin.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() ORDER BY pid"
+    )
+    return [row[0] for row in rows]
+
+
 async def make_group(admin: asyncpg.Connection, group_id: str, member: str) -> None:
     await admin.execute(
         "INSERT INTO groups (id, name, owner_id, last_seq, created_at)"
@@ -140,19 +149,13 @@ async def test_a_database_error_keeps_the_connection(dsn: str, admin: asyncpg.Co
     try:
         stored = await hot.store_message(message("g1", "c1"), outbox_stream=None, outbox_event=b"")
         assert stored is not None and stored.seq == 1
-        backends = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        )
+        backends = await others(admin)
         with pytest.raises(DuplicateMessage):
             await hot.store_message(
                 message("g1", "c1", msg_id="m2"), outbox_stream=None, outbox_event=b""
             )
         assert await hot.seqs_for_user("bob") == {"g1": 1}
-        after = await admin.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        )
+        after = await others(admin)
         assert after == backends and len(after) == 1
     finally:
         await hot.close()
@@ -210,10 +213,7 @@ async def test_a_connection_killed_by_the_database_is_replaced(
                 answers.append(exc)
         assert answers[-2:] == [{}, {}]
         assert sum(isinstance(a, Unavailable) for a in answers) <= 1
-        alive = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        )
+        alive = len(await others(admin))
         assert alive == 1
     finally:
         await hot.close()
@@ -252,10 +252,7 @@ async def test_many_callers_some_giving_up_share_a_few_connections(
         assert all(isinstance(results[n], asyncio.CancelledError) for n in failed)
         assert all(results[n] == n + 1 for n in range(300) if n not in failed)
         assert await caller(41) == 42
-        alive = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()"
-        )
+        alive = len(await others(admin))
         assert alive <= 3 and pool.open_connections <= 3
     finally:
         await pool.close()
