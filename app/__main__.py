@@ -6,6 +6,12 @@ import argparse
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from app.config import Settings
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -37,6 +43,33 @@ def _dotenv(key: str) -> str | None:
     return value or None
 
 
+def server_config(
+    app: Any, settings: Settings, *, host: str | None, port: int | None, access_log: bool
+) -> uvicorn.Config:
+    """uvicorn's settings for the service: WebSockets on the sans-I/O protocol, uvloop and
+    httptools where installed, no log configuration of its own."""
+    import uvicorn
+
+    from app.api.upgrade import http_protocol
+
+    return uvicorn.Config(
+        app,
+        host=host or settings.HOST,
+        port=port or settings.PORT,
+        ws="websockets-sansio",
+        ws_max_size=max(settings.WS_MAX_MESSAGE_BYTES * 2, 1 << 20),
+        ws_ping_interval=settings.WS_HEARTBEAT_INTERVAL,
+        ws_ping_timeout=max(1.0, settings.WS_READ_TIMEOUT - settings.WS_HEARTBEAT_INTERVAL),
+        ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE,
+        proxy_headers=False,  # X-Forwarded-For is honoured by the app, from TRUSTED_PROXIES only
+        timeout_graceful_shutdown=math.ceil(settings.WS_SHUTDOWN_TIMEOUT),
+        log_config=None,
+        access_log=access_log,
+        loop="auto",
+        http=http_protocol(),
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import socket
@@ -52,21 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(json=settings.LOG_FORMAT == "json", level=settings.LOG_LEVEL)
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle)
-    config = uvicorn.Config(
-        app,
-        host=args.host or settings.HOST,
-        port=args.port or settings.PORT,
-        ws="websockets-sansio",
-        ws_max_size=max(settings.WS_MAX_MESSAGE_BYTES * 2, 1 << 20),
-        ws_ping_interval=settings.WS_HEARTBEAT_INTERVAL,
-        ws_ping_timeout=max(1.0, settings.WS_READ_TIMEOUT - settings.WS_HEARTBEAT_INTERVAL),
-        ws_per_message_deflate=settings.WS_PER_MESSAGE_DEFLATE,
-        proxy_headers=False,  # X-Forwarded-For is honoured by the app, from TRUSTED_PROXIES only
-        timeout_graceful_shutdown=math.ceil(settings.WS_SHUTDOWN_TIMEOUT),
-        log_config=None,
-        access_log=args.access_log,
-        loop="auto",
-        http="auto",
+    config = server_config(
+        app, settings, host=args.host, port=args.port, access_log=args.access_log
     )
 
     # Everything imported and built so far lives as long as the process, and so do most

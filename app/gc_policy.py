@@ -10,24 +10,21 @@ what is new since, and its pause scales with the growth, not with the number of
 connections.
 
 What it gives up: a reference cycle that was alive at a full pass and dies later is not
-reclaimed while it is frozen. The one found per connection is uvicorn's plain-HTTP
-protocol object, which a WebSocket upgrade leaves in a cycle with its parser and transport
-objects: a handshake in flight during a full pass leaves ~4 KB behind (2,000 connections
-held open across a full pass and closed after it left one). In a reconnect storm (2,000
-clients at a time connecting, authenticating and leaving, 12 times) RSS grew ~1 KB per
-connection with an hour between thaws, and levelled off at the figure without this policy
-with 15 s. So every `full_interval` seconds the frozen objects are thawed and the next full
-pass walks everything once, as CPython would do without this policy. Plain reference
-counting frees everything else as usual.
+reclaimed while it is frozen. The one found per connection was uvicorn's plain-HTTP
+protocol object, which a WebSocket upgrade left in a cycle with its parser (and, through it,
+the socket's transport): a handshake in flight during a full pass left ~4 KB behind until
+the next thaw. The service now breaks that cycle at the upgrade (app/api/upgrade.py), and a
+connection that comes and goes leaves no cycle at all (tests/integration/test_http_upgrade.py).
+Every `full_interval` seconds the frozen objects are still thawed and the next full pass walks
+everything once, as CPython would do without this policy, for cycles made elsewhere (a
+library's, an exception's). Plain reference counting frees everything else as usual.
 
 CPython itself starts a full pass only once the objects promoted since the last one
 outnumber a quarter of those it kept, frozen ones included: with 10,000 connections
 arriving, passes of 70–117 ms, each walking the latest quarter at once. `run()` makes a
 full pass every SMALL_PASS_EVERY seconds instead, whenever the young generations have
 promoted anything since the last: each walks what arrived in that quarter second, then it
-is frozen too (4–9 ms passes in the same storm). Four passes a second freeze more
-handshakes in flight: measured, ~0.5 KB per connection that comes and goes, instead of
-~0.1 KB, held until the next thaw.
+is frozen too (4–9 ms passes in the same storm).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ SUPPORTED_UVICORN = ((0, 30), (0, 60))  # [from, to): the sansio protocol as rea
 PROTOCOL = ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol")
 
 
-def _uvicorn_supported() -> bool:
+def uvicorn_supported() -> bool:
+    """Whether the installed uvicorn is one whose internals this module was read against."""
     import uvicorn
 
     try:
@@ -37,7 +38,7 @@ def direct_wire(receive: Any) -> DirectWire | None:
     kind = type(proto)
     if proto is None or (kind.__module__, kind.__name__) != PROTOCOL:
         return None
-    if not _uvicorn_supported():
+    if not uvicorn_supported():
         return None
     transport = getattr(proto, "transport", None)
     writable = getattr(proto, "writable", None)
