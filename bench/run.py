@@ -190,8 +190,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="py-spy record the service during message scenarios (top frames in the JSON)",
     )
+    ap.add_argument(
+        "--profile-dir",
+        type=Path,
+        help="with --profile: keep py-spy's raw collapsed stacks here (else they go with the"
+        " temp dir)",
+    )
     ap.add_argument("--time-limit", type=float, default=3600, help="stop starting runs after")
     return ap.parse_args(argv)
+
+
+def profile_dir(args: argparse.Namespace, tmp: Path) -> Path | None:
+    if not args.profile:
+        return None
+    if args.profile_dir is None:
+        return tmp
+    args.profile_dir.mkdir(parents=True, exist_ok=True)
+    return Path(args.profile_dir)
 
 
 def profile_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -331,7 +346,7 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
             pool=pool,
             secret=SECRET,
             pad="x" * args.payload,
-            profile_dir=tmp if args.profile else None,
+            profile_dir=profile_dir(args, tmp),
         )
         for scenario in wanted_s:
             targets = [t for t in wanted_t if t in APPLIES[scenario]]
