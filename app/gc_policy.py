@@ -22,9 +22,8 @@ library's, an exception's). Plain reference counting frees everything else as us
 CPython itself starts a full pass only once the objects promoted since the last one
 outnumber a quarter of those it kept, frozen ones included: with 10,000 connections
 arriving, passes of 70–117 ms, each walking the latest quarter at once. `run()` makes a
-full pass every SMALL_PASS_EVERY seconds instead, whenever the young generations have
-promoted anything since the last: each walks what arrived in that quarter second, then it
-is frozen too (4–9 ms passes in the same storm).
+full pass every SMALL_PASS_EVERY seconds instead: each walks what arrived in that quarter
+second, then it is frozen too (4–9 ms passes in the same storm).
 """
 
 from __future__ import annotations
@@ -62,13 +61,17 @@ class GcPolicy:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
 
-    def small_pass(self) -> bool:
-        """A full pass now if the young generations promoted anything since the last one
-        (it walks only that: the rest is frozen); whether it ran."""
-        if gc.get_count()[OLDEST] == 0:
-            return False
+    def small_pass(self) -> None:
+        """A full pass now. It walks only what is not frozen, i.e. what came since the last
+        pass, and its survivors are frozen in turn.
+
+        Not skipped when `gc.get_count()` shows nothing new: the counts are allocations minus
+        deallocations, so while old, frozen objects die as fast as new ones come (each
+        connection's keepalive timer replaced, or thousands of connections closing) they stay
+        near zero and the young generation grows unwalked until one pass walks it all
+        (measured with 10,000 connections: young passes over 83k-87k objects of 39-56 ms,
+        then full passes of 94 and 196 ms). Nothing new costs a pass ~1 us."""
         gc.collect(OLDEST)
-        return True
 
     async def run(self, every: float = SMALL_PASS_EVERY) -> None:
         """Small full passes every `every` seconds while the collector is enabled, for the
