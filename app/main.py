@@ -178,6 +178,10 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            # The presence writes of the connections just closed, before the client goes.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.WS_SHUTDOWN_TIMEOUT):
+                    await runtime.departures.flush()
             await presence.close()
             await bus.disconnect()
             if hot is not None:

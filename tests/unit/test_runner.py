@@ -283,6 +283,7 @@ async def test_a_peer_that_reads_nothing_is_let_go_after_the_write_timeout(
     await asyncio.wait_for(task, 3)
     assert not transport.close_sent
     assert rt.hub.connections == set() and rt.hub.by_user == {}
+    await rt.departures.flush()
     assert await rt.presence.online(["alice"]) == set()
 
 
@@ -326,8 +327,38 @@ async def test_peer_disconnect_ends_the_loop_and_presence(serve: Serve, rt: Runt
     assert await rt.presence.online(["alice"]) == {"alice"}
     transport.disconnect(1001)
     await asyncio.wait_for(task, 2)
+    await rt.departures.flush()
     assert await rt.presence.online(["alice"]) == set()
     assert rt.hub.connections == set()
+
+
+async def test_a_closed_connection_does_not_wait_for_its_presence_write(
+    serve: Serve, rt: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop ends at once and lets go of what it holds; the write follows beside it, and
+    a failed one is logged, not raised."""
+    written = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    async def slow_disconnect(user_id: str, conn_id: str, groups: tuple[str, ...]) -> None:
+        calls.append((user_id, groups))
+        await release.wait()
+        written.set()
+        raise ConnectionError("presence store gone")
+
+    monkeypatch.setattr(rt.presence, "disconnect", slow_disconnect)
+    transport, task = await authed(serve)
+    transport.disconnect(1001)
+    await asyncio.wait_for(task, 2)
+    assert rt.hub.connections == set()
+    assert rt.departures.pending == 1 and not written.is_set()
+    release.set()
+    with caplog.at_level("WARNING", logger="app.presence"):
+        await asyncio.wait_for(rt.departures.flush(), 2)
+    assert written.is_set() and rt.departures.pending == 0
+    assert calls == [("alice", ("g1",))]
+    assert "presence update for alice failed" in caplog.text
 
 
 def _message_event(seq: int) -> BusEvent:
