@@ -94,4 +94,4 @@ class Departures:
     async def flush(self) -> None:
         """Wait for every departure queued so far (and any queued meanwhile)."""
         while self._writes:
-            await asyncio.gather(*self._writes)
+            await asyncio.gather(*self._writes, return_exceptions=True)

@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.config import Settings
 from app.main import Lifecycle, create_app
+from app.realtime.presence import MemoryPresence
 from tests.support import services
 from tests.support.server import ServerProcess
 from tests.support.shapes import MESSAGE_FIELDS
@@ -905,6 +906,34 @@ def test_ready_is_503_and_handshakes_refused_once_shutdown_began(tmp_path: Path)
             with client.websocket_connect("/ws"):
                 pass
         assert refused.value.status_code == 503
+
+
+def test_shutdown_writes_the_last_departures_before_the_presence_store_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed connection's presence write runs beside it (app/realtime/presence.py); at
+    shutdown the ones still under way finish before the store's client goes, or the users
+    would show online elsewhere until PRESENCE_TTL."""
+    import app.main
+
+    order: list[str] = []
+
+    class SlowStore(MemoryPresence):
+        async def disconnect(self, user_id: str, conn_id: str, groups: Any) -> None:
+            await asyncio.sleep(0.3)  # a store that answers slowly
+            await super().disconnect(user_id, conn_id, groups)
+            order.append(f"offline {user_id}")
+
+        async def close(self) -> None:
+            order.append("store closed")
+
+    monkeypatch.setattr(app.main, "make_presence", lambda settings: SlowStore())
+    settings = Settings(SQLITE_PATH=str(tmp_path / "t.db"), JWT_SECRET=SECRET, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "auth", "message_id": "a", "data": {"token": token("dora")}})
+            assert ws.receive_json()["type"] == "auth_success"
+    assert order == ["offline dora", "store closed"]
 
 
 async def test_metrics_move_with_connections_messages_errors_and_replays(
