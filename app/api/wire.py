@@ -50,10 +50,15 @@ def direct_wire(receive: Any) -> DirectWire | None:
 def shed_handshake(wire: DirectWire | None, scope: MutableMapping[str, Any]) -> None:
     """After the accept, let go of what only the handshake needed: uvicorn's parsed request
     and prepared response (their header maps), the scope's header list, read once for the
-    origin and client checks, and the scope's copy of the app state. About 3.5 KB per idle
+    origin and client checks, and the scope's copy of the app state. About 6 KB per idle
     connection. Only on the pinned protocol, i.e. when `direct_wire` vouched for it."""
     if wire is None:
         return
+    headers = getattr(getattr(wire, "request", None), "headers", None)
+    if headers is not None and hasattr(headers, "clear"):
+        # websockets' ServerProtocol.parse keeps the handshake request as a local of its
+        # generator for the connection's life: empty its header map (~2.5 KB with its strings).
+        headers.clear()
     for name in ("request", "response"):
         if hasattr(wire, name):
             setattr(wire, name, None)

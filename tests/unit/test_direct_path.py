@@ -179,3 +179,35 @@ def test_shed_handshake_releases_what_only_the_handshake_needed() -> None:
     untouched: dict[str, Any] = {"headers": [(b"origin", b"x")]}
     shed_handshake(None, untouched)  # the plain ASGI path: nothing is known, nothing changes
     assert untouched == {"headers": [(b"origin", b"x")]}
+
+
+def test_shed_handshake_empties_the_request_that_websockets_parser_keeps() -> None:
+    """websockets' ServerProtocol.parse generator holds the handshake request for the whole
+    connection; after the shed its headers are gone and frames still parse."""
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.http11 import Request
+    from websockets.server import ServerProtocol
+
+    from app.api.wire import shed_handshake
+
+    server = ServerProtocol()
+    server.receive_data(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Origin: http://x\r\n\r\n"
+    )
+    [request] = server.events_received()
+    assert isinstance(request, Request) and len(request.headers) == 6
+    server.send_response(server.accept(request))
+    proto = object.__new__(WebSocketsSansIOProtocol)
+    proto.transport = FakeSocket()  # type: ignore[assignment]
+    proto.writable = asyncio.Event()
+    proto.request = request
+    proto.response = None
+    shed_handshake(direct_wire(proto.receive), {"headers": []})
+    assert len(request.headers) == 0
+    mask = b"\x01\x02\x03\x04"
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))
+    server.receive_data(b"\x81\x82" + mask + payload)
+    [frame] = server.events_received()
+    assert frame.data == b"hi"
