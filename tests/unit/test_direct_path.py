@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.api.wire import direct_wire
+from app.api.wire import LeanQueue, direct_wire
 from app.realtime import frames
 from app.realtime.connection import Connection
 from tests.fakes import DirectFake, FakeSocket, parse_frames
@@ -172,9 +172,13 @@ def test_shed_handshake_releases_what_only_the_handshake_needed() -> None:
     proto.writable = asyncio.Event()
     proto.request = object()  # type: ignore[assignment]
     proto.response = object()  # type: ignore[assignment]
+    proto.queue = asyncio.Queue()
+    proto.queue.put_nowait({"type": "websocket.receive", "text": "early"})
     scope: dict[str, Any] = {"headers": [(b"origin", b"x")], "path": "/ws", "state": {"a": 1}}
     shed_handshake(direct_wire(proto.receive), scope)
     assert proto.request is None and proto.response is None
+    assert isinstance(proto.queue, LeanQueue)
+    assert proto.queue.qsize() == 1  # what was queued before is kept
     assert scope == {"headers": [], "path": "/ws"}
     untouched: dict[str, Any] = {"headers": [(b"origin", b"x")]}
     shed_handshake(None, untouched)  # the plain ASGI path: nothing is known, nothing changes
@@ -211,3 +215,53 @@ def test_shed_handshake_empties_the_request_that_websockets_parser_keeps() -> No
     server.receive_data(b"\x81\x82" + mask + payload)
     [frame] = server.events_received()
     assert frame.data == b"hi"
+
+
+async def test_lean_queue_is_first_in_first_out_and_wakes_its_reader() -> None:
+    old: asyncio.Queue[int] = asyncio.Queue()
+    old.put_nowait(1)
+    queue = LeanQueue.taking_over(old)
+    assert old.empty() and not queue.empty()
+    queue.put_nowait(2)
+    assert [await queue.get(), await queue.get()] == [1, 2]
+    assert queue.empty()
+    reader = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)  # the reader is parked
+    assert not reader.done()
+    queue.put_nowait(3)
+    queue.put_nowait(4)
+    assert await asyncio.wait_for(reader, 1) == 3
+    assert await queue.get() == 4
+
+
+async def test_lean_queue_reader_cancelled_while_waiting_leaves_it_usable() -> None:
+    queue = LeanQueue()
+    reader = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one reader"):
+        await queue.get()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    queue.put_nowait("after")
+    assert await asyncio.wait_for(queue.get(), 1) == "after"
+
+
+def test_lean_queue_serves_what_uvicorns_protocol_calls_on_its_queue() -> None:
+    """The protocol (as read for the pinned uvicorn) calls only these on `self.queue`."""
+    import ast
+    import inspect
+
+    from uvicorn.protocols.websockets import websockets_sansio_impl
+
+    tree = ast.parse(inspect.getsource(websockets_sansio_impl))
+    called = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr == "queue"
+    }
+    assert called == {"put_nowait", "get", "empty"}
+    assert all(hasattr(LeanQueue, name) for name in called)
