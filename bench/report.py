@@ -482,10 +482,23 @@ def write_docs(
     failures = [r for r in results["runs"] if "error" in r]
     digests = {r["app"]["app_digest"] for r in results["runs"] if r.get("app")}
     changed = [r for r in results["runs"] if (r.get("app") or {}).get("changed_during_run")]
-    if len(digests) > 1 or changed:
+    if changed:
         meta.setdefault("notes", []).append(
             f"the service's code (app/) changed while this ran: {len(digests)} versions "
             f"measured ({', '.join(sorted(digests))}); compare service runs with care"
+        )
+    elif len(digests) > 1:  # result files of different runs rendered together
+        scenarios: dict[str, set[str]] = {}
+        for r in results["runs"]:
+            if r.get("app"):
+                scenarios.setdefault(r["app"]["app_digest"], set()).add(r["scenario"])
+        meta.setdefault("notes", []).append(
+            "these tables combine runs of "
+            f"{len(digests)} versions of the service's code (app/): "
+            + "; ".join(
+                f"{digest} in {', '.join(sorted(names))}"
+                for digest, names in sorted(scenarios.items())
+            )
         )
     by_line: dict[str, dict[str, int]] = {}
     for r in results["runs"]:
