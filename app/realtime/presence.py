@@ -75,6 +75,19 @@ class Departures:
     def __init__(self, presence: Presence) -> None:
         self.presence = presence
         self._writes: set[asyncio.Task[None]] = set()
+        self._beat_done = asyncio.Event()
+        self._beat_done.set()
+
+    async def heartbeat(self, entries: list[tuple[str, str]]) -> None:
+        """The instance heartbeat's write of its connections. A departure queued meanwhile
+        waits for it: otherwise the heartbeat could write back the field of a connection
+        that has just closed after its departure removed it, and the user would show online
+        until PRESENCE_TTL."""
+        self._beat_done.clear()
+        try:
+            await self.presence.heartbeat(entries)
+        finally:
+            self._beat_done.set()
 
     def disconnect(self, user_id: str, conn_id: str, groups: tuple[str, ...]) -> None:
         write = asyncio.create_task(self._disconnect(user_id, conn_id, groups))
@@ -83,6 +96,7 @@ class Departures:
 
     async def _disconnect(self, user_id: str, conn_id: str, groups: tuple[str, ...]) -> None:
         try:
+            await self._beat_done.wait()
             await self.presence.disconnect(user_id, conn_id, groups)
         except Exception:
             log.warning("[WS] presence update for %s failed", user_id)

@@ -388,3 +388,53 @@ async def test_json_pings_refresh_presence_at_most_a_few_times_per_ttl(
     transport.feed_json("ping", message_id="p-late")
     await reply(transport, "p-late")
     assert beats == [[("alice", conn.id)]]
+
+
+async def test_a_departure_waits_for_the_heartbeat_in_flight(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat snapshots the connections, then writes; a connection that closes in
+    between must be removed after that write, or the write brings it back until the TTL."""
+    order: list[object] = []
+    release = asyncio.Event()
+
+    async def heartbeat(entries: list[tuple[str, str]]) -> None:
+        order.append(("heartbeat", list(entries)))
+        await release.wait()
+        order.append("heartbeat written")
+
+    async def disconnect(user_id: str, conn_id: str, groups: tuple[str, ...]) -> None:
+        order.append(("offline", user_id, conn_id))
+
+    monkeypatch.setattr(rt.presence, "heartbeat", heartbeat)
+    monkeypatch.setattr(rt.presence, "disconnect", disconnect)
+    beat = asyncio.create_task(rt.departures.heartbeat([("alice", "c1")]))
+    while not order:  # the heartbeat's write is under way
+        await asyncio.sleep(0)
+    rt.departures.disconnect("alice", "c1", ())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == [("heartbeat", [("alice", "c1")])] and rt.departures.pending == 1
+    release.set()
+    await asyncio.wait_for(beat, 1)
+    await asyncio.wait_for(rt.departures.flush(), 1)
+    assert order == [
+        ("heartbeat", [("alice", "c1")]),
+        "heartbeat written",
+        ("offline", "alice", "c1"),
+    ]
+
+
+async def test_a_failed_heartbeat_does_not_hold_departures(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def heartbeat(entries: list[tuple[str, str]]) -> None:
+        raise ConnectionError("presence store gone")
+
+    monkeypatch.setattr(rt.presence, "heartbeat", heartbeat)
+    await rt.presence.connect("alice", "c1", ())
+    with pytest.raises(ConnectionError):
+        await rt.departures.heartbeat([("alice", "c1")])
+    rt.departures.disconnect("alice", "c1", ())
+    await asyncio.wait_for(rt.departures.flush(), 1)
+    assert await rt.presence.online(["alice"]) == set()
