@@ -28,7 +28,7 @@ from app.db.session import make_engine, make_sessionmaker
 from app.errors import Unavailable
 from app.realtime.handlers import Runtime
 from app.realtime.hub import Hub
-from app.realtime.presence import Departures, MemoryPresence, Presence
+from app.realtime.presence import MemoryPresence, Presence, PresenceWrites
 from app.realtime.ratelimit import TokenBuckets, WindowCounter
 from app.schemas.events import message_data
 from app.services.context import ServiceContext
@@ -63,14 +63,14 @@ async def canaries(bus: Bus, streams: tuple[str, ...], settings: Settings) -> No
         await asyncio.sleep(interval)
 
 
-async def heartbeats(hub: Hub, departures: Departures, settings: Settings) -> None:
+async def heartbeats(hub: Hub, writes: PresenceWrites, settings: Settings) -> None:
     """Refresh the presence of every local connection well within PRESENCE_TTL."""
     interval = max(1.0, settings.PRESENCE_TTL / 3)
     while True:
         await asyncio.sleep(interval)
         entries = [(c.user_id, c.id) for c in tuple(hub.connections) if c.user_id is not None]
         try:
-            await departures.heartbeat(entries)
+            await writes.heartbeat(entries)
         except Exception:
             log.warning("[WS] presence heartbeat failed")
 
@@ -150,7 +150,9 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         tasks = [
             asyncio.create_task(hub.run(bus, streams), name="hub"),
             asyncio.create_task(canaries(bus, streams, settings), name="canary"),
-            asyncio.create_task(heartbeats(hub, runtime.departures, settings), name="presence"),
+            asyncio.create_task(
+                heartbeats(hub, runtime.presence_writes, settings), name="presence"
+            ),
         ]
         if relay is not None:
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
@@ -181,7 +183,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             # The presence writes of the connections just closed, before the client goes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.WS_SHUTDOWN_TIMEOUT):
-                    await runtime.departures.flush()
+                    await runtime.presence_writes.flush()
             await presence.close()
             await bus.disconnect()
             if hot is not None:

@@ -15,7 +15,7 @@ from app.realtime import frames
 from app.realtime.connection import CLOSE_POLICY, Connection, ConnState
 from app.realtime.frames import ClientFrame, field_int, field_str
 from app.realtime.hub import Hub
-from app.realtime.presence import Departures, Presence
+from app.realtime.presence import Presence, PresenceWrites
 from app.realtime.ratelimit import TokenBuckets
 from app.security import decode_token
 from app.services import chat, groups
@@ -34,10 +34,10 @@ class Runtime:
     hub: Hub
     presence: Presence
     send_buckets: TokenBuckets
-    departures: Departures = field(init=False)
+    presence_writes: PresenceWrites = field(init=False)
 
     def __post_init__(self) -> None:
-        self.departures = Departures(self.presence)
+        self.presence_writes = PresenceWrites(self.presence)
 
     @property
     def settings(self) -> Settings:

@@ -91,7 +91,7 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
                 await conn.close(1000)
             metrics.DISCONNECTS.labels(str(conn.close_code or 1006), service).inc()
             if conn.user_id is not None:
-                rt.departures.disconnect(conn.user_id, conn.id, tuple(conn.groups))
+                rt.presence_writes.disconnect(conn.user_id, conn.id, tuple(conn.groups))
                 log.info("[WS] User %s disconnected (%s)", conn.user_id, conn.close_code or 1006)
 
 

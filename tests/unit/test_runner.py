@@ -283,7 +283,7 @@ async def test_a_peer_that_reads_nothing_is_let_go_after_the_write_timeout(
     await asyncio.wait_for(task, 3)
     assert not transport.close_sent
     assert rt.hub.connections == set() and rt.hub.by_user == {}
-    await rt.departures.flush()
+    await rt.presence_writes.flush()
     assert await rt.presence.online(["alice"]) == set()
 
 
@@ -327,7 +327,7 @@ async def test_peer_disconnect_ends_the_loop_and_presence(serve: Serve, rt: Runt
     assert await rt.presence.online(["alice"]) == {"alice"}
     transport.disconnect(1001)
     await asyncio.wait_for(task, 2)
-    await rt.departures.flush()
+    await rt.presence_writes.flush()
     assert await rt.presence.online(["alice"]) == set()
     assert rt.hub.connections == set()
 
@@ -352,11 +352,11 @@ async def test_a_closed_connection_does_not_wait_for_its_presence_write(
     transport.disconnect(1001)
     await asyncio.wait_for(task, 2)
     assert rt.hub.connections == set()
-    assert rt.departures.pending == 1 and not written.is_set()
+    assert rt.presence_writes.pending == 1 and not written.is_set()
     release.set()
     with caplog.at_level("WARNING", logger="app.presence"):
-        await asyncio.wait_for(rt.departures.flush(), 2)
-    assert written.is_set() and rt.departures.pending == 0
+        await asyncio.wait_for(rt.presence_writes.flush(), 2)
+    assert written.is_set() and rt.presence_writes.pending == 0
     assert calls == [("alice", ("g1",))]
     assert "presence update for alice failed" in caplog.text
 
@@ -408,16 +408,16 @@ async def test_a_departure_waits_for_the_heartbeat_in_flight(
 
     monkeypatch.setattr(rt.presence, "heartbeat", heartbeat)
     monkeypatch.setattr(rt.presence, "disconnect", disconnect)
-    beat = asyncio.create_task(rt.departures.heartbeat([("alice", "c1")]))
+    beat = asyncio.create_task(rt.presence_writes.heartbeat([("alice", "c1")]))
     while not order:  # the heartbeat's write is under way
         await asyncio.sleep(0)
-    rt.departures.disconnect("alice", "c1", ())
+    rt.presence_writes.disconnect("alice", "c1", ())
     for _ in range(10):
         await asyncio.sleep(0)
-    assert order == [("heartbeat", [("alice", "c1")])] and rt.departures.pending == 1
+    assert order == [("heartbeat", [("alice", "c1")])] and rt.presence_writes.pending == 1
     release.set()
     await asyncio.wait_for(beat, 1)
-    await asyncio.wait_for(rt.departures.flush(), 1)
+    await asyncio.wait_for(rt.presence_writes.flush(), 1)
     assert order == [
         ("heartbeat", [("alice", "c1")]),
         "heartbeat written",
@@ -434,7 +434,7 @@ async def test_a_failed_heartbeat_does_not_hold_departures(
     monkeypatch.setattr(rt.presence, "heartbeat", heartbeat)
     await rt.presence.connect("alice", "c1", ())
     with pytest.raises(ConnectionError):
-        await rt.departures.heartbeat([("alice", "c1")])
-    rt.departures.disconnect("alice", "c1", ())
-    await asyncio.wait_for(rt.departures.flush(), 1)
+        await rt.presence_writes.heartbeat([("alice", "c1")])
+    rt.presence_writes.disconnect("alice", "c1", ())
+    await asyncio.wait_for(rt.presence_writes.flush(), 1)
     assert await rt.presence.online(["alice"]) == set()
