@@ -76,6 +76,71 @@ class Expiries:
             self._arm(seconds[0])
 
 
+class AuthDeadlines:
+    """Auth deadlines of every connection of one event loop on a single timer.
+
+    A connection still waiting for its `auth` frame at its deadline is closed with 1008.
+    Nearly every connection authenticates within milliseconds, so a timeout of its own around
+    the first receive (a timer handle armed and cancelled, and the context manager around
+    it) was work thrown away per connect. Here a connection costs one heap entry, and the
+    timer, armed for the earliest deadline plus SLACK, fires at most 1/SLACK times a second
+    however many connections arrive; a deadline is kept to within SLACK late.
+
+    The timer closes only a connection that is waiting in `receive` (one busy with a frame
+    finishes it first, as when the deadline bounded the receive itself); the connection's
+    reader checks the deadline again before its next receive.
+    """
+
+    SLACK = 0.1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, Connection]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, conn: Connection, deadline: float) -> None:
+        """Close `conn` (1008) if it is still unauthenticated at `deadline` (loop time)."""
+        heapq.heappush(self._heap, (deadline, next(self._order), conn))
+        if self._timer is None or deadline + self.SLACK < self._armed_for:
+            self._arm(deadline + self.SLACK)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+        self._armed_for = when
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            conn = heapq.heappop(heap)[2]
+            if conn.state is ConnState.AWAITING_AUTH and conn.receiving:
+                conn.close_later(CLOSE_POLICY, "authentication timeout")
+        if heap:
+            self._arm(heap[0][0] + self.SLACK)
+
+
+_auth_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AuthDeadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def auth_deadlines() -> AuthDeadlines:
+    """The running loop's AuthDeadlines."""
+    loop = asyncio.get_running_loop()
+    found = _auth_deadlines.get(loop)
+    if found is None:
+        found = _auth_deadlines[loop] = AuthDeadlines(loop)
+    return found
+
+
 _expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Expiries] = (
     weakref.WeakKeyDictionary()
 )
@@ -377,6 +442,11 @@ class Connection:
         self.state = ConnState.CLOSING
         self.close_code = code
         asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    def close_later(self, code: int, reason: str = "") -> None:
+        """`close(code, reason, flush=True)` started from synchronous code (timers)."""
+        if self.is_open:
+            asyncio.get_running_loop().create_task(self.close(code, reason, flush=True))
 
     async def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         if not self.is_open:

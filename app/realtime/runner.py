@@ -15,6 +15,7 @@ from app.realtime.connection import (
     CLOSE_UNSUPPORTED,
     Connection,
     ConnState,
+    auth_deadlines,
 )
 from app.realtime.frames import FrameError
 from app.realtime.handlers import HANDLERS, Runtime, Session
@@ -36,10 +37,9 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
         remote=remote,
     )
     session = Session(conn=conn, rt=rt)
-    received = metrics.MESSAGES.labels("receive", service)
-    duration = metrics.MESSAGE_DURATION.labels("receive", service)
-    receive_errors = metrics.ERRORS.labels("receive", service)
-    send_errors = metrics.ERRORS.labels("send", service)
+    meters = rt.meters
+    received, duration = meters.received, meters.duration
+    receive_errors, send_errors = meters.receive_errors, meters.send_errors
     max_bytes = settings.WS_MAX_MESSAGE_BYTES
     loop = asyncio.get_running_loop()
     auth_deadline = loop.time() + settings.WS_AUTH_TIMEOUT
@@ -47,19 +47,16 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
     async with rt.hub.register(conn):
         conn.reader = asyncio.current_task()
         conn.start_writer()
+        # The deadline closes the connection while it waits for frames (one shared timer);
+        # a frame still being handled at the deadline is finished, then checked here.
+        auth_deadlines().add(conn, auth_deadline)
         try:
             while conn.is_open:
-                conn.receiving = True
-                try:
-                    if conn.state is ConnState.AWAITING_AUTH:
-                        async with asyncio.timeout_at(auth_deadline):
-                            message = await transport.receive()
-                    else:
-                        message = await transport.receive()
-                except TimeoutError:
-                    conn.receiving = False
+                if conn.state is ConnState.AWAITING_AUTH and loop.time() >= auth_deadline:
                     await conn.close(CLOSE_POLICY, "authentication timeout", flush=True)
                     break
+                conn.receiving = True
+                message = await transport.receive()
                 conn.receiving = False
                 if isinstance(message, bytes):
                     receive_errors.inc()

@@ -211,3 +211,57 @@ async def test_write_timeout_bounds_each_write_not_the_whole_backlog() -> None:
     await transport.wait_until(lambda t: len(t.sent) == 50 or t.closed.is_set(), timeout=10)
     assert transport.close_code is None, "closed while the client was reading steadily"
     assert conn.is_open and len(transport.sent) == 50
+
+
+async def test_auth_deadlines_close_only_waiting_unauthenticated_connections() -> None:
+    """At its deadline a connection still awaiting auth in `receive` closes with 1008; an
+    authenticated one, and one busy handling a frame (its reader checks), stay open."""
+    from app.realtime.connection import AuthDeadlines
+
+    loop = asyncio.get_running_loop()
+    deadlines = AuthDeadlines(loop)
+    waiting, busy, authed = FakeTransport(), FakeTransport(), FakeTransport()
+    conns = [make_conn(t) for t in (waiting, busy, authed)]
+    for conn in conns:
+        conn.receiving = True
+    conns[1].receiving = False
+    conns[2].state = ConnState.AUTHENTICATED
+    start = loop.time()
+    for conn in conns:
+        deadlines.add(conn, start + 0.2)
+
+    assert await waiting.wait_closed(timeout=2) == 1008
+    assert waiting.close_reason == "authentication timeout"
+    assert loop.time() >= start + 0.2, "closed before the deadline"
+    assert busy.close_code is None and authed.close_code is None
+    assert len(deadlines) == 0, "a fired deadline is let go of"
+    for conn in conns[1:]:
+        await conn.close(1000)
+
+
+async def test_auth_deadlines_share_one_timer() -> None:
+    """1,000 connections arriving over 0.3 s arm the loop's timer a handful of times (once
+    per SLACK at most), not once each."""
+    from app.realtime.connection import AuthDeadlines
+
+    loop = asyncio.get_running_loop()
+    deadlines = AuthDeadlines(loop)
+    armed: list[float] = []
+    arm = deadlines._arm
+
+    def counting_arm(when: float) -> None:
+        armed.append(when)
+        arm(when)
+
+    deadlines._arm = counting_arm  # type: ignore[method-assign]
+    transports = [FakeTransport() for _ in range(1000)]
+    start = loop.time()
+    for i, transport in enumerate(transports):
+        conn = make_conn(transport, start=False)
+        conn.receiving = True
+        deadlines.add(conn, start + 0.1 + 0.3 * i / 1000)
+    codes = await asyncio.wait_for(
+        asyncio.gather(*(t.wait_closed(timeout=3) for t in transports)), 5
+    )
+    assert codes == [1008] * 1000
+    assert len(armed) <= 2 + 0.3 / AuthDeadlines.SLACK, armed

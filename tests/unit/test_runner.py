@@ -103,6 +103,29 @@ async def test_auth_timeout_closes_with_1008_even_if_the_client_pings(
     assert rt.hub.connections == set()
 
 
+async def test_an_auth_received_in_time_is_served_even_if_it_outlasts_the_deadline(
+    serve: Serve, rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline bounds the wait for the auth frame, not its handling: a group read
+    still running at the deadline ends in auth_success, and the connection stays open."""
+    release = asyncio.Event()
+
+    async def slow_group_seqs(ctx: object, *, user_id: str) -> dict[str, int]:
+        await release.wait()
+        return dict(MEMBERSHIP.get(user_id, {}))
+
+    monkeypatch.setattr(groups, "group_seqs", slow_group_seqs)
+    transport = FakeTransport()
+    serve(transport)
+    transport.feed_json("auth", {"token": token("alice")}, message_id="a-1")
+    await asyncio.sleep(0.3 + 0.25)  # time passing: WS_AUTH_TIMEOUT and more than the slack
+    release.set()
+    assert (await reply(transport, "a-1"))["type"] == "auth_success"
+    transport.feed_json("ping", message_id="p-1")
+    assert (await reply(transport, "p-1"))["type"] == "pong"
+    assert transport.close_code is None
+
+
 async def test_binary_frame_closes_with_1003(serve: Serve) -> None:
     transport, task = await authed(serve)
     transport.feed(b"\x00\x01")
