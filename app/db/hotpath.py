@@ -12,6 +12,7 @@ open transaction), so a connection goes back to the pool as it is: no reset quer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from app.errors import Unavailable
 from app.schemas.events import message_fields
 
 log = logging.getLogger("app.db")
+
+SEQS_BATCH = 500  # users per group read (a statement's array, and its rows, stay small)
 
 # Take the group's next seq (the row lock serialises concurrent senders: no gap, no
 # duplicate), insert the message and, when $10 (the outbox stream) is set, its bus event with
@@ -54,9 +57,10 @@ WITH next AS (
 SELECT stored.seq, stored.created_ms, (SELECT id FROM event) AS outbox_id FROM stored
 """
 
-SEQS_FOR_USER = """
-SELECT g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = m.group_id
-WHERE m.user_id = $1
+# The groups of every user in a batch of WebSocket auths (HotPath.seqs_for_user).
+SEQS_FOR_USERS = """
+SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = m.group_id
+WHERE m.user_id = ANY($1::varchar[])
 """
 
 MESSAGES_AFTER = """
@@ -134,6 +138,9 @@ class HotPath:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._pool: LeanPool | None = None
+        # seqs_for_user: the users waiting for the next read, and the task reading them.
+        self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
+        self._seqs_reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Create the pool; connections open on first use, so a database that is down at
@@ -141,6 +148,10 @@ class HotPath:
         self._pool = LeanPool(self.dsn, size=self.size, connect_timeout=self.connect_timeout)
 
     async def close(self) -> None:
+        if self._seqs_reader is not None:
+            self._seqs_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._seqs_reader
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -173,10 +184,56 @@ class HotPath:
             raise Unavailable("storage unavailable, retry later") from exc
 
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
-        """{group_id: last_seq} of every group the user belongs to."""
-        async with self._connection() as connection:
-            rows = await connection.fetch(SEQS_FOR_USER, user_id)
-        return {row[0]: row[1] for row in rows}
+        """{group_id: last_seq} of every group the user belongs to.
+
+        Every WebSocket auth asks this, and they come in crowds (a reconnect storm after a
+        deploy or a network blip): the users asking while a read is in flight are read
+        together in the next one, one statement for up to SEQS_BATCH users. Each statement
+        costs both this process and Postgres more than its rows do.
+        """
+        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._seqs_waiting.setdefault(user_id, []).append(future)
+        if self._seqs_reader is None:
+            self._seqs_reader = asyncio.get_running_loop().create_task(self._read_seqs())
+        return await future
+
+    async def _read_seqs(self) -> None:
+        try:
+            while self._seqs_waiting:
+                waiting = self._seqs_waiting
+                if len(waiting) <= SEQS_BATCH:
+                    self._seqs_waiting = {}
+                else:
+                    batch = list(waiting)[:SEQS_BATCH]
+                    waiting = {user_id: self._seqs_waiting.pop(user_id) for user_id in batch}
+                try:
+                    async with self._connection() as connection:
+                        rows = await connection.fetch(SEQS_FOR_USERS, list(waiting))
+                except BaseException as exc:
+                    for futures in waiting.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(
+                                    exc if isinstance(exc, Exception) else Unavailable()
+                                )
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
+                for row in rows:
+                    found[row[0]][row[1]] = row[2]
+                for user_id, futures in waiting.items():
+                    seqs = found[user_id]
+                    for i, future in enumerate(futures):
+                        if not future.done():
+                            future.set_result(seqs if i == 0 else dict(seqs))
+        finally:
+            self._seqs_reader = None
+            left, self._seqs_waiting = self._seqs_waiting, {}
+            for futures in left.values():  # only when cancelled (close)
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(Unavailable("storage closed"))
 
     async def store_message(
         self, new: NewMessage, *, outbox_stream: str | None, outbox_event: bytes

@@ -265,6 +265,61 @@ async def test_hot_path_auth_read_matches_the_orm(hot_ctx: ServiceContext) -> No
     assert await ctx.hot.seqs_for_user("nobody") == {}
 
 
+async def test_concurrent_auth_reads_share_statements(
+    hot_ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads asked while one is in flight go out together: 300 users (one asking twice, one
+    in no group) take a few statements, and each caller gets its own user's groups."""
+    ctx = hot_ctx
+    hot = ctx.hot
+    assert hot is not None
+    users = [f"u{uuid.uuid4().hex[:6]}-{i}" for i in range(300)]
+    made = [
+        await groups.create_group(ctx, owner_id="alice", name="g", member_ids=users[i : i + 2])
+        for i in range(0, 298, 2)
+    ]
+    expected = {user: {str(made[i // 2]["group_id"]): 0} for i, user in enumerate(users[:298])}
+    expected |= {users[298]: {}, users[299]: {}}
+    statements = 0
+    connection = hot._connection
+
+    def counting() -> Any:
+        nonlocal statements
+        statements += 1
+        return connection()
+
+    monkeypatch.setattr(hot, "_connection", counting)
+    asked = [*users, users[0]]
+    answers = await asyncio.gather(*(hot.seqs_for_user(user) for user in asked))
+    assert answers == [expected[user] for user in asked]
+    assert answers[0] is not answers[-1], "a user asking twice gets two dicts"
+    assert statements <= 3, statements
+    assert hot._seqs_reader is None and not hot._seqs_waiting
+
+
+async def test_a_failed_auth_read_fails_every_caller_and_the_next_reads_work(
+    hot_ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hot = hot_ctx.hot
+    assert hot is not None
+    group_id = await new_group(hot_ctx)
+    pool = hot._pool
+    hot._pool = None  # as before start(): every statement answers Unavailable
+    results = await asyncio.gather(
+        *(hot.seqs_for_user(user) for user in ("bob", "carol", "bob")), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [Unavailable] * 3
+    hot._pool = pool
+    # A caller that goes away (its connection closed mid-auth) does not hold up the others.
+    leaving = asyncio.ensure_future(hot.seqs_for_user("carol"))
+    staying = asyncio.ensure_future(hot.seqs_for_user("bob"))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    assert (await staying)[group_id] == 0
+    assert leaving.cancelled()
+    assert hot._seqs_reader is None and not hot._seqs_waiting
+
+
 async def test_hot_path_refuses_non_members_and_stores_nothing(hot_ctx: ServiceContext) -> None:
     group_id = await new_group(hot_ctx)
     with pytest.raises(NotMember):
