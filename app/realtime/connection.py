@@ -76,6 +76,20 @@ class Expiries:
             self._arm(seconds[0])
 
 
+class AuthDeadline:
+    """A connection's place in AuthDeadlines; `cancel` lets go of the connection (once it
+    has authenticated or closed: nothing should keep a closed connection's objects alive
+    until its deadline)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn: Connection | None = conn
+
+    def cancel(self) -> None:
+        self.conn = None
+
+
 class AuthDeadlines:
     """Auth deadlines of every connection of one event loop on a single timer.
 
@@ -95,7 +109,7 @@ class AuthDeadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._heap: list[tuple[float, int, Connection]] = []
+        self._heap: list[tuple[float, int, AuthDeadline]] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
@@ -103,11 +117,13 @@ class AuthDeadlines:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, conn: Connection, deadline: float) -> None:
+    def add(self, conn: Connection, deadline: float) -> AuthDeadline:
         """Close `conn` (1008) if it is still unauthenticated at `deadline` (loop time)."""
-        heapq.heappush(self._heap, (deadline, next(self._order), conn))
+        entry = AuthDeadline(conn)
+        heapq.heappush(self._heap, (deadline, next(self._order), entry))
         if self._timer is None or deadline + self.SLACK < self._armed_for:
             self._arm(deadline + self.SLACK)
+        return entry
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -120,8 +136,8 @@ class AuthDeadlines:
         now = self._loop.time()
         heap = self._heap
         while heap and heap[0][0] <= now:
-            conn = heapq.heappop(heap)[2]
-            if conn.state is ConnState.AWAITING_AUTH and conn.receiving:
+            conn = heapq.heappop(heap)[2].conn
+            if conn is not None and conn.state is ConnState.AWAITING_AUTH and conn.receiving:
                 conn.close_later(CLOSE_POLICY, "authentication timeout")
         if heap:
             self._arm(heap[0][0] + self.SLACK)

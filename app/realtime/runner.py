@@ -13,6 +13,7 @@ from app.realtime.connection import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
+    AuthDeadline,
     Connection,
     ConnState,
     auth_deadlines,
@@ -49,12 +50,16 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
         conn.start_writer()
         # The deadline closes the connection while it waits for frames (one shared timer);
         # a frame still being handled at the deadline is finished, then checked here.
-        auth_deadlines().add(conn, auth_deadline)
+        deadline: AuthDeadline | None = auth_deadlines().add(conn, auth_deadline)
         try:
             while conn.is_open:
-                if conn.state is ConnState.AWAITING_AUTH and loop.time() >= auth_deadline:
-                    await conn.close(CLOSE_POLICY, "authentication timeout", flush=True)
-                    break
+                if deadline is not None:
+                    if conn.state is not ConnState.AWAITING_AUTH:
+                        deadline.cancel()
+                        deadline = None
+                    elif loop.time() >= auth_deadline:
+                        await conn.close(CLOSE_POLICY, "authentication timeout", flush=True)
+                        break
                 conn.receiving = True
                 message = await transport.receive()
                 conn.receiving = False
@@ -84,6 +89,8 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
             log.exception("[WS] connection %s failed", conn.id)
             await conn.close(1011, "internal error")
         finally:
+            if deadline is not None:
+                deadline.cancel()
             if conn.is_open:
                 await conn.close(1000)
             metrics.DISCONNECTS.labels(str(conn.close_code or 1006), service).inc()

@@ -126,6 +126,33 @@ async def test_an_auth_received_in_time_is_served_even_if_it_outlasts_the_deadli
     assert transport.close_code is None
 
 
+async def test_the_auth_deadline_lets_go_of_authenticated_and_closed_connections(
+    serve: Serve, rt: Runtime
+) -> None:
+    """Until its deadline fires, the shared timer must not keep a connection that has
+    authenticated or closed (and everything it refers to) alive."""
+    from app.realtime.connection import auth_deadlines
+
+    def held() -> list[object]:
+        return [entry.conn for _, _, entry in auth_deadlines()._heap if entry.conn is not None]
+
+    transport, _ = await authed(serve)
+    (conn,) = rt.hub.connections
+    transport.feed_json("ping", message_id="p-1")  # the reader's next turn, after the auth
+    await reply(transport, "p-1")
+    assert conn not in held()
+
+    leaving = FakeTransport()
+    task = serve(leaving)
+    leaving.feed_json("ping", message_id="p-2")
+    await reply(leaving, "p-2")
+    (other,) = rt.hub.connections - {conn}
+    assert other in held()  # waiting for its auth
+    leaving.disconnect()
+    await asyncio.wait_for(task, 2)
+    assert held() == []
+
+
 async def test_binary_frame_closes_with_1003(serve: Serve) -> None:
     transport, task = await authed(serve)
     transport.feed(b"\x00\x01")
