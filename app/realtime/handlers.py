@@ -15,6 +15,7 @@ from app.realtime import frames
 from app.realtime.connection import CLOSE_POLICY, Connection, ConnState
 from app.realtime.frames import ClientFrame, field_int, field_str
 from app.realtime.hub import Hub
+from app.realtime.pacing import TurnPacer
 from app.realtime.presence import Presence, PresenceWrites
 from app.realtime.ratelimit import TokenBuckets
 from app.security import decode_token
@@ -24,6 +25,7 @@ from app.services.context import ServiceContext
 
 log = logging.getLogger("app.realtime")
 clock = time.monotonic  # replaceable in tests
+CLEANUPS_PER_TURN = 64  # ~5 ms of loop time per turn when many clients leave at once
 
 
 class ConnectionMeters:
@@ -49,10 +51,13 @@ class Runtime:
     send_buckets: TokenBuckets
     presence_writes: PresenceWrites = field(init=False)
     meters: ConnectionMeters = field(init=False)
+    # Readers whose peer has gone clean up at most this many per loop turn (see TurnPacer).
+    closing: TurnPacer = field(init=False)
 
     def __post_init__(self) -> None:
         self.presence_writes = PresenceWrites(self.presence)
         self.meters = ConnectionMeters(self.ctx.settings.SERVICE_NAME)
+        self.closing = TurnPacer(CLEANUPS_PER_TURN)
 
     @property
     def settings(self) -> Settings:

@@ -79,6 +79,8 @@ async def run_connection(transport: Transport, rt: Runtime, *, remote: str = "")
                 duration.observe(time.perf_counter() - started)
         except TransportClosed as closed:
             conn.mark_closed(closed.code)
+            # When thousands leave in one turn, their clean-ups take turns (TurnPacer).
+            await rt.closing.turn()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not conn.abandoned or task is None or task.uncancel() > 0:

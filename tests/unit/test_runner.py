@@ -153,6 +153,27 @@ async def test_the_auth_deadline_lets_go_of_authenticated_and_closed_connections
     assert held() == []
 
 
+async def test_many_leaving_at_once_all_clean_up_a_share_per_turn(
+    serve: Serve, rt: Runtime
+) -> None:
+    """150 authenticated peers gone in the same turn: their readers clean up in turns of
+    CLEANUPS_PER_TURN, and every one of them ends, unregistered and offline."""
+    from app.realtime.handlers import CLEANUPS_PER_TURN
+
+    users = ("alice", "bob")
+    peers = [await authed(serve, users[i % 2]) for i in range(150)]
+    assert len(rt.hub.connections) == 150
+    assert await rt.presence.online(users) == set(users)
+    for transport, _ in peers:
+        transport.disconnect()
+    await asyncio.sleep(0)  # every reader wakes in this turn
+    assert len(rt.closing) >= 150 - CLEANUPS_PER_TURN
+    await asyncio.wait_for(asyncio.gather(*(task for _, task in peers)), 5)
+    await rt.presence_writes.flush()
+    assert rt.hub.connections == set() and len(rt.closing) == 0
+    assert await rt.presence.online(users) == set()
+
+
 async def test_binary_frame_closes_with_1003(serve: Serve) -> None:
     transport, task = await authed(serve)
     transport.feed(b"\x00\x01")
