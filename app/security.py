@@ -71,7 +71,7 @@ def decode_token(token: object, *, secret: str, algorithm: str) -> Claims:
         raise NotAuthenticated("token missing or malformed")
     try:
         # `algorithms` rejects a header naming any other algorithm ("none" included) before
-        # the signature is looked at; the header is parsed once, here.
+        # the signature is looked at, so the header needs no separate look beforehand.
         payload = jwt.decode(
             token,
             _verifying_key(secret, algorithm),

@@ -107,6 +107,14 @@ OUTAGE = (
 )
 
 
+def _fail(waiting: dict[str, list[asyncio.Future[dict[str, int]]]], exc: Exception) -> None:
+    """Answer every caller still waiting in `waiting` with `exc`."""
+    for futures in waiting.values():
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+
+
 class DuplicateMessage(Exception):
     """(group, sender, client_msg_id) is stored already: an idempotent retry."""
 
@@ -209,16 +217,12 @@ class HotPath:
                 try:
                     async with self._connection() as connection:
                         rows = await connection.fetch(SEQS_FOR_USERS, list(waiting))
-                except BaseException as exc:
-                    for futures in waiting.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(
-                                    exc if isinstance(exc, Exception) else Unavailable()
-                                )
-                    if not isinstance(exc, Exception):
-                        raise
+                except Exception as exc:
+                    _fail(waiting, exc)
                     continue
+                except BaseException:
+                    _fail(waiting, Unavailable("storage closed"))
+                    raise
                 found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
                 for row in rows:
                     found[row[0]][row[1]] = row[2]
@@ -230,10 +234,7 @@ class HotPath:
         finally:
             self._seqs_reader = None
             left, self._seqs_waiting = self._seqs_waiting, {}
-            for futures in left.values():  # only when cancelled (close)
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(Unavailable("storage closed"))
+            _fail(left, Unavailable("storage closed"))  # only when cancelled (close)
 
     async def store_message(
         self, new: NewMessage, *, outbox_stream: str | None, outbox_event: bytes

@@ -10,11 +10,14 @@ import logging
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 from app.realtime.frames import Frame, Outgoing, text_of, wire_of
 from app.realtime.transport import DirectWire, Transport, TransportClosed
 
 log = logging.getLogger("app.realtime")
+T = TypeVar("T")
 
 _ids = itertools.count(1)
 
@@ -143,32 +146,22 @@ class AuthDeadlines:
             self._arm(heap[0][0] + self.SLACK)
 
 
-_auth_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AuthDeadlines] = (
-    weakref.WeakKeyDictionary()
-)
+def _one_per_loop(make: Callable[[asyncio.AbstractEventLoop], T]) -> Callable[[], T]:
+    """A getter of the running loop's own `make(loop)`, made on first use."""
+    made: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+
+    def get() -> T:
+        loop = asyncio.get_running_loop()
+        found = made.get(loop)
+        if found is None:
+            found = made[loop] = make(loop)
+        return found
+
+    return get
 
 
-def auth_deadlines() -> AuthDeadlines:
-    """The running loop's AuthDeadlines."""
-    loop = asyncio.get_running_loop()
-    found = _auth_deadlines.get(loop)
-    if found is None:
-        found = _auth_deadlines[loop] = AuthDeadlines(loop)
-    return found
-
-
-_expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Expiries] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def expiries() -> Expiries:
-    """The running loop's Expiries."""
-    loop = asyncio.get_running_loop()
-    found = _expiries.get(loop)
-    if found is None:
-        found = _expiries[loop] = Expiries(loop)
-    return found
+auth_deadlines = _one_per_loop(AuthDeadlines)  # the running loop's AuthDeadlines
+expiries = _one_per_loop(Expiries)  # the running loop's Expiries
 
 
 class ConnState(enum.Enum):
