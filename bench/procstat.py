@@ -10,8 +10,8 @@ from dataclasses import dataclass
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process (None when it is gone)."""
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a process, its threads included (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -19,7 +19,13 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (None when it is gone)."""
+    times = cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -71,7 +77,7 @@ class CpuWindow:
 
     def start(self) -> None:
         self._t0 = os.times().elapsed
-        self._c0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._c0 = {k: cpu_times(p) for k, p in self.pids.items()}
         self._m0 = machine_ticks()
         self._side0 = side_cpu()
 
@@ -79,9 +85,13 @@ class CpuWindow:
         wall = os.times().elapsed - self._t0
         out: dict[str, float | None] = {"wall_s": round(wall, 3)}
         for key, pid in self.pids.items():
-            c0, c1 = self._c0.get(key), cpu_seconds(pid)
-            # Percent of one core.
-            out[key] = None if c0 is None or c1 is None or wall <= 0 else 100 * (c1 - c0) / wall
+            c0, c1 = self._c0.get(key), cpu_times(pid)
+            if c0 is None or c1 is None or wall <= 0:
+                out[key] = out[f"{key}_kernel"] = None
+                continue
+            # Percent of one core, and the part of it spent in the kernel (system time).
+            out[key] = 100 * (c1[0] + c1[1] - c0[0] - c0[1]) / wall
+            out[f"{key}_kernel"] = 100 * (c1[1] - c0[1]) / wall
         side1 = side_cpu()
         side = sum(c - self._side0.get(pid, 0.0) for pid, c in side1.items())
         out["postgres_redis_pct"] = 100 * side / wall if wall > 0 else None

@@ -204,6 +204,8 @@ def progress_line(run: dict[str, Any]) -> str:
         f"lost/dup/ooo={m.get('lost', 0)}/{m.get('duplicates', 0)}/{m.get('out_of_order', 0)}"
     )
     parts.append(f"srvCPU={fmt(_num(m.get('server_cpu_pct')))}%")
+    if m.get("server_kernel_share_pct") is not None:
+        parts.append(f"srvKernel={fmt(_num(m['server_kernel_share_pct']))}%")
     parts.append(f"genCPU={fmt(_num(m.get('generator_cpu_pct')))}%")
     if m.get("unexpected_closes"):
         parts.append(f"closes={m['unexpected_closes']}")
@@ -272,9 +274,13 @@ def _integrity_rows(results: dict[str, Any], variant: str) -> list[str]:
             return fmt(statistics.median(nums)) if nums else "–"
 
         close_text = ", ".join(f"{k}×{v}" for k, v in sorted(closes.items())) or "0"
+        # Runs recorded before the kernel share was measured have none: show nothing then.
+        share = med("server_kernel_share_pct")
+        kernel_share = f" ({share} %)" if share != "–" else ""
         rows.append(
             f"| {target} | {len(ok)}{f' (+{errs} failed)' if errs else ''} | {lost} | {dup} | "
-            f"{ooo} | {close_text} | {server_err} | {log_lines} | {med('server_cpu_pct')} | "
+            f"{ooo} | {close_text} | {server_err} | {log_lines} | {med('server_cpu_pct')}"
+            f"{kernel_share} | "
             f"{med('generator_cpu_pct')} / {med('generator_cpu_pct_max_worker')} | "
             f"{med('postgres_redis_cpu_pct')} | {med('machine_busy_pct')} |"
         )
@@ -429,8 +435,8 @@ def write_docs(
             w("")
         w(
             "| target | runs | lost | duplicated | out of order | server closes | error "
-            "frames | log warnings | server CPU % | generator CPU % (all / busiest "
-            "process) | Postgres + Redis CPU % | machine busy % |"
+            "frames | log warnings | server CPU % (share in the kernel) | generator CPU % (all / "
+            "busiest process) | Postgres + Redis CPU % | machine busy % |"
         )
         w("|---|---|---|---|---|---|---|---|---|---|---|---|")
         out.extend(_integrity_rows(results, variant))

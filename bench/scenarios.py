@@ -177,9 +177,13 @@ def cpu_pids(servers: list[Server], pool: WorkerPool) -> dict[str, int]:
 
 def cpu_metrics(raw: dict[str, float | None], n_servers: int, n_workers: int) -> dict[str, Any]:
     servers = [raw.get(f"server{i}") or 0.0 for i in range(n_servers)]
+    kernel = sum(raw.get(f"server{i}_kernel") or 0.0 for i in range(n_servers))
     workers = [raw.get(f"worker{i}") or 0.0 for i in range(n_workers)]
     return {
         "server_cpu_pct": round(sum(servers), 1),
+        # The servers' system time as a share of their CPU: on loopback a send also runs
+        # the receiving side's TCP input and wakes the reader, on the sender's CPU.
+        "server_kernel_share_pct": round(100 * kernel / sum(servers), 1) if sum(servers) else None,
         "server_cpu_pct_each": [round(x, 1) for x in servers],
         "generator_cpu_pct": round(sum(workers), 1),
         "generator_cpu_pct_max_worker": round(max(workers), 1) if workers else 0.0,
