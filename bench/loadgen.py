@@ -376,7 +376,13 @@ class Worker:
         # add_reader would make it non-blocking and break reads of large messages).
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._read_pipe, args=(loop,), daemon=True).start()
-        self.pipe.send({"id": 0, "ok": True, "result": {"pid": os.getpid()}})
+        self.pipe.send(
+            {
+                "id": 0,
+                "ok": True,
+                "result": {"pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0))},
+            }
+        )
         await self.exit.wait()
 
     def _read_pipe(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -728,8 +734,10 @@ def _content_length(head: bytes) -> int:
     raise ValueError("response without Content-Length")
 
 
-def worker_main(pipe: Any, wid: int, client: str = "raw") -> None:
-    """Entry point of a worker process."""
+def worker_main(pipe: Any, wid: int, client: str = "raw", cpus: set[int] | None = None) -> None:
+    """Entry point of a worker process (on `cpus` when given)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     raise_nofile()
     try:
         import uvloop

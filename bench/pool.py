@@ -19,9 +19,11 @@ class WorkerError(RuntimeError):
 class WorkerPool:
     """N worker processes (spawned, so each has a fresh interpreter and its own uvloop)."""
 
-    def __init__(self, n: int, client: str = "raw") -> None:
+    def __init__(self, n: int, client: str = "raw", cpus: set[int] | None = None) -> None:
         self.n = n
         self.client = client
+        self.cpus = cpus  # `--pin`: the workers run on these CPUs
+        self.worker_cpus: list[int] = []
         self.pipes: list[Any] = []
         self.procs: list[Any] = []
         self.pids: list[int] = []
@@ -36,7 +38,9 @@ class WorkerPool:
         for wid in range(self.n):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=worker_main, args=(child, wid, self.client), name=f"bench-worker-{wid}"
+                target=worker_main,
+                args=(child, wid, self.client, self.cpus),
+                name=f"bench-worker-{wid}",
             )
             proc.daemon = True
             proc.start()
@@ -50,6 +54,7 @@ class WorkerPool:
         async with asyncio.timeout(60):
             hello = await asyncio.gather(*ready)
         self.pids = [h["pid"] for h in hello]
+        self.worker_cpus = sorted({c for h in hello for c in h["cpus"]})  # as the workers see it
 
     def _read(self, loop: asyncio.AbstractEventLoop, wid: int, pipe: Any) -> None:
         """Blocking reader thread per worker (large replies need a blocking pipe)."""

@@ -414,9 +414,18 @@ def write_docs(
         w("")
         w(SCENARIO_TEXT.get(scenario, ""))
         w("")
-        params = next(r["params"] for r in results["runs"] if r["variant"] == variant)
-        w("Parameters: " + ", ".join(f"{k}={val}" for k, val in params.items()) + ".")
+        first = next(r for r in results["runs"] if r["variant"] == variant)
+        w("Parameters: " + ", ".join(f"{k}={val}" for k, val in first["params"].items()) + ".")
         w("")
+        if "pin" in first:
+            server, generator = (
+                ", ".join(map(str, first["pin"][k])) for k in ("server_cpus", "generator_cpus")
+            )
+            w(
+                f"Pinned (`--pin`): the server on CPU {server}, the load generator on CPU "
+                f"{generator}; Postgres and Redis where the scheduler puts them."
+            )
+            w("")
         if targets:
             w("| metric | target | median [min–max] | ÷ websockets | ÷ fastapi |")
             w("|---|---|---|---|---|")
@@ -700,7 +709,11 @@ def write_plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
         plt.close(fig)
         files[f"cdf:{variant}"] = name
     # Fan-out deliveries/s (wall clock, and per server CPU-second) vs group size.
-    fan = [r for r in results["runs"] if r["scenario"] == "fanout" and "metrics" in r]
+    fan = [
+        r
+        for r in results["runs"]
+        if r["scenario"] == "fanout" and "metrics" in r and "pin" not in r
+    ]
     if fan:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
         panels = (

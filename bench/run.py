@@ -3,6 +3,7 @@
     python bench/run.py --quick                      # `make bench`: < 3 minutes
     python bench/run.py --full                       # `make bench-full`
     python bench/run.py --full --scenarios fanout,rate --targets service-prod,websockets,fastapi
+    python bench/run.py --full --pin --scenarios rate  # the server alone on the first CPU
     python bench/run.py --docs-from bench/results/20250101T000000.json   # re-render docs only
 
 Targets: service-prod (Postgres + Redis Streams, one uvicorn worker), service-embedded
@@ -197,7 +198,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " temp dir)",
     )
     ap.add_argument("--time-limit", type=float, default=3600, help="stop starting runs after")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the servers on the first CPU, the load generator and this process on the others"
+        " (Linux, 2 CPUs or more); Postgres and Redis are not moved; variants are named"
+        " …-pinned",
+    )
     return ap.parse_args(argv)
+
+
+def pin_layout() -> tuple[set[int], set[int]]:
+    """(server CPUs, generator CPUs) for `--pin`: the first CPU this process may use, and the
+    rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs 2 CPUs or more")
+    return {cpus[0]}, set(cpus[1:])
 
 
 def profile_dir(args: argparse.Namespace, tmp: Path) -> Path | None:
@@ -293,6 +310,9 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
         if t not in TARGETS and t not in OPTIONAL_TARGETS:
             known = ", ".join((*TARGETS, *OPTIONAL_TARGETS))
             raise SystemExit(f"unknown target {t!r} (one of {known})")
+    pin = pin_layout() if args.pin else None
+    if pin is not None:
+        os.sched_setaffinity(0, pin[1])  # before any thread starts: they inherit it
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="campushub-bench-"))
     env = Environment(
@@ -302,6 +322,7 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
         redis_db=args.redis_db,
         keep_db=args.keep_db,
         service_overrides=dict(kv.split("=", 1) for kv in args.service_env),
+        server_cpus=pin[0] if pin is not None else None,
     )
     needs_prod = "service-prod" in wanted_t and any("service-prod" in APPLIES[s] for s in wanted_s)
     meta: dict[str, Any] = {
@@ -321,7 +342,7 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
         "notes": [],
     }
     runs: list[dict[str, Any]] = []
-    pool = WorkerPool(args.workers, args.client)
+    pool = WorkerPool(args.workers, args.client, pin[1] if pin is not None else None)
     try:
         if needs_prod:
             await env.create_database()
@@ -355,6 +376,8 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
             fresh_each_run = scenario == "idle"
             servers: dict[str, list[Server]] = {}
             for variant, kwargs in variants(scenario, profile):
+                if pin is not None:
+                    variant += "-pinned"
                 for rep in range(profile["repeats"]):
                     # Rotate the order so no target always runs first (or right after another).
                     order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
@@ -379,6 +402,12 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
                             "repeat": rep,
                             "params": kwargs,
                         }
+                        if pin is not None:
+                            # As the processes have them, read back, not as asked.
+                            record["pin"] = {
+                                "server_cpus": sorted(os.sched_getaffinity(servers[target][0].pid)),
+                                "generator_cpus": pool.worker_cpus,
+                            }
                         try:
                             metrics, cdfs = await FUNCS[scenario](
                                 ctx, target, servers[target], **kwargs

@@ -119,6 +119,7 @@ class Environment:
     keep_db: bool = False
     db_name: str | None = None
     service_overrides: dict[str, str] = field(default_factory=dict)
+    server_cpus: set[int] | None = None  # `--pin`: every server process on these CPUs
     commands: list[str] = field(default_factory=list)
     servers: list[Server] = field(default_factory=list)
 
@@ -259,6 +260,9 @@ class Environment:
             start_new_session=True,
         )
         log.close()
+        if self.server_cpus is not None:
+            # Set before the new interpreter starts any thread: its threads inherit it.
+            os.sched_setaffinity(proc.pid, self.server_cpus)
         server = Server(target, port, proc, log_path, cmd, shown)
         if is_service(target):
             server.revision = app_revision()

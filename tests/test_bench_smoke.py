@@ -5,9 +5,12 @@ timing assertions."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +60,8 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
         assert m["unacked_delivered"] == 0
         assert not m["unexpected_closes"]
         assert m["lat_samples"] == 20 * 10
+        assert "server_kernel_share_pct" in m
+        assert "pin" not in run
     assert "fanout-20x10" in results["summary"]
     text = docs.read_text()
     assert "fanout-20x10" in text and "service-embedded" in text
@@ -64,3 +69,47 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
     disk = results["meta"]["machine"]["disk_sync"]
     assert disk["syncs"] > 0 and disk["max_ms"] >= disk["p99_ms"] >= disk["p50_ms"] > 0
     assert f"{disk['syncs']:,} syncs" in text
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs 2 CPUs or more")
+def test_bench_pinned_tiny(tmp_path: Path) -> None:
+    """--pin puts the server on the first CPU and the load generator on the others, as read
+    back from the processes, and names the variant …-pinned."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--pin",
+        "--scenarios",
+        "fanout",
+        "--targets",
+        "websockets",
+        "--fanout",
+        "10x5",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--docs",
+        str(tmp_path / "BENCHMARKS.md"),
+        "--no-plots",
+        "--time-limit",
+        "50",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (written,) = list((tmp_path / "results").glob("*.json"))
+    results = json.loads(written.read_text())
+    (run,) = results["runs"]
+    assert "error" not in run, run.get("error")
+    assert run["variant"] == "fanout-10x5-pinned"
+    assert run["metrics"]["deliveries"] == 10 * 5 and run["metrics"]["lost"] == 0
+    cpus = sorted(os.sched_getaffinity(0))
+    assert run["pin"] == {"server_cpus": cpus[:1], "generator_cpus": cpus[1:]}
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "### fanout-10x5-pinned" in text
+    assert f"the server on CPU {cpus[0]}, the load generator on CPU" in text
