@@ -502,12 +502,12 @@ async def test_gap_fill_that_finds_the_gap_closed_does_nothing(
 
 
 async def test_a_large_group_is_sent_a_slice_per_loop_turn_in_order() -> None:
-    """Over EMIT_SLICE members, a fan-out yields between slices; every member still gets
-    each message once, in seq order, and one that leaves meanwhile gets nothing more."""
-    from app.realtime.hub import EMIT_SLICE
+    """Over AT_ONCE members, a fan-out yields between slices; every member still gets each
+    message once, in seq order, and one that leaves meanwhile gets nothing more."""
+    from app.realtime.hub import AT_ONCE, EMIT_SLICE
 
     hub = make_hub()
-    transports = [FakeTransport() for _ in range(EMIT_SLICE * 2 + 10)]
+    transports = [FakeTransport() for _ in range(AT_ONCE + EMIT_SLICE * 2 + 10)]
     conns = [make_conn(t, user=f"u{i}") for i, t in enumerate(transports)]
     for conn in conns:
         join(hub, conn, last_seq=2)
@@ -525,12 +525,16 @@ async def test_a_large_group_is_sent_a_slice_per_loop_turn_in_order() -> None:
         assert seqs(t) == [3, 4, 5]
     assert not hub._backlog  # every slice went out: nothing more is coming
     assert seqs(transports[waiting]) == []
-    small = make_hub()  # a small group still goes out at once
-    t = FakeTransport()
-    join(small, make_conn(t), last_seq=2)
+    small = make_hub()  # a group of AT_ONCE members still goes out at once
+    smalls = [FakeTransport() for _ in range(AT_ONCE)]
+    small_conns = [make_conn(t, user=f"s{i}") for i, t in enumerate(smalls)]
+    for conn in small_conns:
+        join(small, conn, last_seq=2)
     small.deliver(msg_event(3))
-    await t.wait_sent(1)
-    assert seqs(t) == [3]
+    assert all(c.queue for c in small_conns) and not small._backlog
+    for t in smalls:
+        await t.wait_sent(1)
+        assert seqs(t) == [3]
 
 
 def direct_member(hub: Hub, user: str, *, last_seq: int = 2) -> tuple[DirectFake, Connection]:
@@ -549,10 +553,10 @@ async def test_messages_that_meet_in_a_large_fan_out_share_one_write_per_member(
     """A message that arrives while a large fan-out is still going joins it: each member not
     served yet gets both in one socket write, and every member gets each message once in
     seq order."""
-    from app.realtime.hub import EMIT_SLICE
+    from app.realtime.hub import AT_ONCE, EMIT_SLICE
 
     hub = make_hub()
-    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 3 + 7)]
+    members = [direct_member(hub, f"u{i}") for i in range(AT_ONCE + EMIT_SLICE * 3 + 7)]
     hub.deliver(msg_event(3))
     served = [t for t, _ in members if t.socket.chunks]
     assert len(served) == EMIT_SLICE  # one slice went out at once; the rest waits a turn
@@ -572,10 +576,10 @@ async def test_messages_that_meet_in_a_large_fan_out_share_one_write_per_member(
 async def test_a_member_who_joins_mid_fan_out_starts_a_fan_out_of_its_own() -> None:
     """Recipients are the members when a fan-out began: a message after a join is not merged
     into the earlier fan-out, so the newcomer gets it, and only messages after its join."""
-    from app.realtime.hub import EMIT_SLICE
+    from app.realtime.hub import AT_ONCE
 
     hub = make_hub()
-    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 2 + 1)]
+    members = [direct_member(hub, f"u{i}") for i in range(AT_ONCE + 1)]
     hub.deliver(msg_event(3))
     newcomer, _ = direct_member(hub, "late", last_seq=3)
     hub.deliver(msg_event(4))
@@ -591,10 +595,10 @@ async def test_a_member_who_joins_mid_fan_out_starts_a_fan_out_of_its_own() -> N
 async def test_a_held_or_backed_up_member_of_a_shared_write_gets_each_message_in_order() -> None:
     """Shared writes fall back to one message at a time for a member that replays (held),
     one floored by its join, and one whose socket is backed up (queued, then flushed)."""
-    from app.realtime.hub import EMIT_SLICE
+    from app.realtime.hub import AT_ONCE
 
     hub = make_hub()
-    members = [direct_member(hub, f"u{i}") for i in range(EMIT_SLICE * 2)]
+    members = [direct_member(hub, f"u{i}") for i in range(AT_ONCE)]
     held_t, held = direct_member(hub, "held")
     floored_t, floored = direct_member(hub, "floored")
     floored.floors[G] = 4  # its join read the group at seq 4: 3 and 4 reach it by replay
