@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -26,6 +27,15 @@ def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process (None when it is gone)."""
     times = cpu_times(pid)
     return None if times is None else times[0] + times[1]
+
+
+def process_cpus(pid: int) -> list[int]:
+    """The CPUs any thread of a process may run on (each thread has its own affinity)."""
+    cpus: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            cpus |= os.sched_getaffinity(int(tid))
+    return sorted(cpus)
 
 
 def rss_bytes(pid: int) -> int | None:

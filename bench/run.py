@@ -36,7 +36,12 @@ if str(ROOT) not in sys.path:
 
 from bench import report, scenarios  # noqa: E402
 from bench.pool import WorkerPool  # noqa: E402
-from bench.procstat import disk_sync_probe, machine_info, raise_nofile  # noqa: E402
+from bench.procstat import (  # noqa: E402
+    disk_sync_probe,
+    machine_info,
+    process_cpus,
+    raise_nofile,
+)
 from bench.targets import (  # noqa: E402
     OPTIONAL_TARGETS,
     TARGETS,
@@ -403,9 +408,10 @@ async def session(args: argparse.Namespace) -> dict[str, Any]:
                             "params": kwargs,
                         }
                         if pin is not None:
-                            # As the processes have them, read back, not as asked.
+                            # As the processes have them (every thread), read back, not as
+                            # asked.
                             record["pin"] = {
-                                "server_cpus": sorted(os.sched_getaffinity(servers[target][0].pid)),
+                                "server_cpus": process_cpus(servers[target][0].pid),
                                 "generator_cpus": pool.worker_cpus,
                             }
                         try:

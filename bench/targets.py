@@ -261,7 +261,8 @@ class Environment:
         )
         log.close()
         if self.server_cpus is not None:
-            # Set before the new interpreter starts any thread: its threads inherit it.
+            # At once, while the new interpreter is still starting (no other thread yet: the
+            # ones it starts inherit this); each run records what all its threads have.
             os.sched_setaffinity(proc.pid, self.server_cpus)
         server = Server(target, port, proc, log_path, cmd, shown)
         if is_service(target):

@@ -3,10 +3,13 @@ window reports the kernel's share. Asserts where the time was spent, never how l
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from bench.procstat import CpuWindow, cpu_times
+import pytest
+
+from bench.procstat import CpuWindow, cpu_times, process_cpus
 from bench.scenarios import cpu_metrics
 
 # Each child spins until it has used 0.4 s of CPU, says so, and waits for its stdin to close:
@@ -61,3 +64,30 @@ def test_cpu_times_of_a_gone_process_is_none() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert cpu_times(proc.pid) is None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs or more")
+def test_process_cpus_reads_every_thread_back() -> None:
+    """A process reports the CPUs of all of its threads: one thread left unpinned counts."""
+    everywhere = sorted(os.sched_getaffinity(0))
+    cpu = everywhere[0]
+    code = (
+        "import sys, threading; t = threading.Thread(target=sys.stdin.read); t.start();"
+        " print('ready', flush=True); t.join()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert len(os.listdir(f"/proc/{proc.pid}/task")) == 2
+        assert process_cpus(proc.pid) == everywhere
+        os.sched_setaffinity(proc.pid, {cpu})  # the main thread only
+        assert process_cpus(proc.pid) == everywhere
+        for tid in os.listdir(f"/proc/{proc.pid}/task"):
+            os.sched_setaffinity(int(tid), {cpu})
+        assert process_cpus(proc.pid) == [cpu]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
