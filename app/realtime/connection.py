@@ -141,7 +141,7 @@ class AuthDeadlines:
         while heap and heap[0][0] <= now:
             conn = heapq.heappop(heap)[2].conn
             if conn is not None and conn.state is ConnState.AWAITING_AUTH and conn.receiving:
-                conn.close_later(CLOSE_POLICY, "authentication timeout")
+                conn.close_soon(CLOSE_POLICY, "authentication timeout", flush=True)
         if heap:
             self._arm(heap[0][0] + self.SLACK)
 
@@ -444,18 +444,17 @@ class Connection:
 
     # -- closing ---------------------------------------------------------------------------
 
-    def close_soon(self, code: int, reason: str = "") -> None:
-        """Start closing from synchronous code (fan-out, timers); idempotent."""
+    def close_soon(self, code: int, reason: str = "", *, flush: bool = False) -> None:
+        """Start closing from synchronous code (fan-out, timers); idempotent. With `flush`,
+        the frames already queued go out first, as with `close(..., flush=True)`."""
         if not self.is_open:
+            return
+        if flush:
+            asyncio.get_running_loop().create_task(self.close(code, reason, flush=True))
             return
         self.state = ConnState.CLOSING
         self.close_code = code
         asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    def close_later(self, code: int, reason: str = "") -> None:
-        """`close(code, reason, flush=True)` started from synchronous code (timers)."""
-        if self.is_open:
-            asyncio.get_running_loop().create_task(self.close(code, reason, flush=True))
 
     async def close(self, code: int, reason: str = "", *, flush: bool = False) -> None:
         if not self.is_open:
