@@ -25,6 +25,7 @@ from app.db.hotpath import HotPath
 from app.db.migrate import upgrade_async
 from app.db.repositories.messages import MessageRepository
 from app.db.session import make_engine, make_sessionmaker
+from app.db.sqlite_hotpath import SqliteHotPath, sqlite_file
 from app.errors import Unavailable
 from app.realtime.handlers import Runtime
 from app.realtime.hub import Hub
@@ -114,9 +115,12 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         sessions = make_sessionmaker(engine)
         # The outbox guards against a bus outage; the in-process bus cannot have one.
         relay = OutboxRelay(sessions, bus) if settings.REDIS_URL is not None else None
-        hot = None
+        hot: HotPath | SqliteHotPath | None = None
         if engine.dialect.name == "postgresql":
             hot = HotPath(settings.database_url, size=settings.DB_POOL_SIZE)
+        elif engine.dialect.name == "sqlite" and sqlite_file(engine.url.database):
+            hot = SqliteHotPath(str(engine.url.database), engine.dialect)
+        if hot is not None:
             await hot.start()
         ctx = ServiceContext(settings=settings, sessions=sessions, bus=bus, outbox=relay, hot=hot)
         presence = make_presence(settings)

@@ -107,7 +107,7 @@ OUTAGE = (
 )
 
 
-def _fail(waiting: dict[str, list[asyncio.Future[dict[str, int]]]], exc: Exception) -> None:
+def fail_waiting(waiting: dict[str, list[asyncio.Future[dict[str, int]]]], exc: Exception) -> None:
     """Answer every caller still waiting in `waiting` with `exc`."""
     for futures in waiting.values():
         for future in futures:
@@ -218,10 +218,10 @@ class HotPath:
                     async with self._connection() as connection:
                         rows = await connection.fetch(SEQS_FOR_USERS, list(waiting))
                 except Exception as exc:
-                    _fail(waiting, exc)
+                    fail_waiting(waiting, exc)
                     continue
                 except BaseException:
-                    _fail(waiting, Unavailable("storage closed"))
+                    fail_waiting(waiting, Unavailable("storage closed"))
                     raise
                 found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
                 for row in rows:
@@ -234,7 +234,7 @@ class HotPath:
         finally:
             self._seqs_reader = None
             left, self._seqs_waiting = self._seqs_waiting, {}
-            _fail(left, Unavailable("storage closed"))  # only when cancelled (close)
+            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
 
     async def store_message(
         self, new: NewMessage, *, outbox_stream: str | None, outbox_event: bytes

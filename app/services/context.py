@@ -15,6 +15,7 @@ from app.bus.base import Bus, BusEvent
 from app.config import Settings
 from app.db.hotpath import HotPath
 from app.db.models import OutboxEntry
+from app.db.sqlite_hotpath import SqliteHotPath
 from app.errors import Unavailable
 from app.services.outbox import OutboxRelay, Staged, encode_entry, publish_all
 
@@ -27,7 +28,9 @@ class ServiceContext:
     sessions: async_sessionmaker[AsyncSession]
     bus: Bus
     outbox: OutboxRelay | None = None
-    hot: HotPath | None = None  # Postgres: the per-connection and per-message statements
+    # The per-connection and per-message statements: asyncpg on Postgres, a sqlite3
+    # connection of their own for an embedded database in a file; None: through the ORM.
+    hot: HotPath | SqliteHotPath | None = None
     # This instance's fan-out, for a message stored here: its members get it straight after
     # the commit instead of after the round trip through the bus (whose copy they then skip,
     # by seq). Set with a bus that crosses processes; the in-process bus is as direct.

@@ -1,0 +1,322 @@
+"""Embedded mode's statements for every message and every WebSocket auth, on one sqlite3
+connection of their own, with the sends that arrive together committed together.
+
+Through the ORM on aiosqlite a send cost ~2 ms of CPU (a session, four hops to aiosqlite's
+thread and back, each waking the event loop) and held the engine's single connection the
+whole time, so sends queued behind one another: ~300 a second at most, whatever the machine.
+Here the sends that arrive while a transaction is being written wait for the next, and each
+transaction runs in this path's own thread in one hop: its statements, then one commit.
+Auth reads are batched the same way (one statement for up to SEQS_BATCH users).
+
+The engine keeps its own connection for everything else (REST, group management, read
+marks). SQLite lets one writer in at a time; both connections wait for the lock (a busy
+timeout) instead of failing, and this path takes it at the start of each transaction
+(`BEGIN IMMEDIATE`), so a transaction never reads a snapshot that another writer then makes
+stale. Only for a database in a file: a `:memory:` database is private to its connection,
+and the service then stores through the ORM as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Dialect
+
+from app.db.base import NewMessage, to_ms, utcnow
+from app.db.hotpath import DuplicateMessage, StoredRow, fail_waiting
+from app.db.models import Message
+from app.errors import Unavailable
+from app.schemas.events import message_fields
+
+log = logging.getLogger("app.db")
+
+T = TypeVar("T")
+
+STORE_BATCH = 500  # messages per transaction
+SEQS_BATCH = 500  # users per auth read (SQLite allows 32,766 parameters)
+
+# The group's next seq is taken by the statement that inserts the message, inside a write
+# transaction (only one at a time on SQLite): no gap, no duplicate. No row: the sender is not a
+# member (or the group does not exist). A repeated (group, sender, client_msg_id) fails the
+# statement alone, and nothing of it stays.
+INSERT_MESSAGE = """
+INSERT INTO messages (id, group_id, seq, sender_id, sender_name, msg_type, content,
+                      image_url, client_msg_id, created_at)
+SELECT ?1, g.id, g.last_seq + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM groups g
+WHERE g.id = ?9 AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?9 AND user_id = ?2)
+RETURNING seq
+"""
+TAKE_SEQ = "UPDATE groups SET last_seq = ? WHERE id = ?"
+# The unique constraint a retry with the same client id runs into (SQLite names its columns).
+CLIENT_ID_CONFLICT = "messages.client_msg_id"
+
+SEQS_FOR_USERS = """
+SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = m.group_id
+WHERE m.user_id IN ({marks})
+"""
+
+MESSAGES_AFTER = """
+SELECT id, group_id, seq, sender_id, sender_name, msg_type, content, image_url, created_at
+FROM messages WHERE group_id = ? AND seq > ? ORDER BY seq LIMIT ?
+"""
+
+
+@dataclass(slots=True)
+class _Send:
+    new: NewMessage
+    future: asyncio.Future[StoredRow | None]
+
+
+def sqlite_file(url_database: str | None) -> bool:
+    """Whether the engine's database is a file another connection can open."""
+    if not url_database or url_database == ":memory:":
+        return False
+    return not url_database.startswith("file:")  # URI names (shared memory and the like)
+
+
+class SqliteHotPath:
+    """`store_message`, `seqs_for_user` and `messages_after` of app.db.hotpath, for SQLite."""
+
+    def __init__(self, path: str, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        # created_at is stored and read exactly as the ORM does it (SQLAlchemy's own
+        # processors for the column's type on this dialect).
+        created_at = Message.__table__.c.created_at.type.dialect_impl(dialect)
+        bind, read = created_at.bind_processor(dialect), created_at.result_processor(dialect, None)
+        if bind is None or read is None:
+            raise RuntimeError("the created_at column type has no SQLite processors")
+        self._bind_time: Callable[[datetime], Any] = bind
+        self._read_time: Callable[[Any], datetime | None] = read
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._sends: list[_Send] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
+        self._seqs_reader: asyncio.Task[None] | None = None
+        self.transactions = 0  # committed store transactions (tests, diagnostics)
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-hot")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        # Autocommit mode: this class writes its own BEGIN and COMMIT.
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connection (WAL mode)
+        self._conn = conn
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None  # new calls fail from here
+        for task in (self._writer, self._seqs_reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._writer = self._seqs_reader = None
+        # A task cancelled before it ran never reaches its `finally`: answer its callers here.
+        sends, self._sends = self._sends, []
+        for send in sends:
+            if not send.future.done():
+                send.future.set_exception(Unavailable("storage closed"))
+        waiting, self._seqs_waiting = self._seqs_waiting, {}
+        fail_waiting(waiting, Unavailable("storage closed"))
+        if executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on this path's thread, its sqlite3 errors as Unavailable (503)."""
+        if self._executor is None:
+            raise Unavailable("storage closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk, I/O
+            log.warning("[WS] storage unavailable: %s", exc)
+            raise Unavailable("storage unavailable, retry later") from exc
+
+    # -- sends -----------------------------------------------------------------------------
+
+    async def store_message(
+        self, new: NewMessage, *, outbox_stream: str | None = None, outbox_event: bytes = b""
+    ) -> StoredRow | None:
+        """Store a message with the group's next seq; None when the sender is not a member.
+
+        Raises DuplicateMessage when (group, sender, client_msg_id) exists already, and
+        Unavailable when the transaction could not be written (nothing of it is stored).
+        There is no outbox in embedded mode (its bus cannot be down): `outbox_*` must be unset.
+        """
+        if outbox_stream is not None:
+            raise ValueError("embedded mode has no outbox")
+        if self._executor is None:
+            raise Unavailable("storage closed")
+        future: asyncio.Future[StoredRow | None] = asyncio.get_running_loop().create_future()
+        self._sends.append(_Send(new, future))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        try:
+            while self._sends:
+                batch, self._sends = self._sends[:STORE_BATCH], self._sends[STORE_BATCH:]
+                try:
+                    results = await self._run(self._store_batch, [s.new for s in batch])
+                except Exception as exc:
+                    for send in batch:
+                        if not send.future.done():
+                            send.future.set_exception(exc)
+                    continue
+                except BaseException:
+                    for send in batch:
+                        if not send.future.done():
+                            send.future.set_exception(Unavailable("storage closed"))
+                    raise
+                for send, result in zip(batch, results, strict=True):
+                    if send.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        send.future.set_exception(result)
+                    else:
+                        send.future.set_result(result)
+        finally:
+            self._writer = None
+            left, self._sends = self._sends, []
+            for send in left:  # only when cancelled (close)
+                if not send.future.done():
+                    send.future.set_exception(Unavailable("storage closed"))
+
+    def _store_batch(self, batch: list[NewMessage]) -> list[StoredRow | None | Exception]:
+        """One transaction for the batch (on this path's thread). A message that fails alone
+        (a retry, a non-member) leaves the others stored; an error of the transaction (the
+        lock, the disk) fails them all, and none is stored."""
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("storage closed")
+        results: list[StoredRow | None | Exception] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for new in batch:
+                created_at = utcnow()
+                try:
+                    row = conn.execute(
+                        INSERT_MESSAGE,
+                        (
+                            new.id,
+                            new.sender_id,
+                            new.sender_name,
+                            new.msg_type,
+                            new.content,
+                            new.image_url,
+                            new.client_msg_id,
+                            self._bind_time(created_at),
+                            new.group_id,
+                        ),
+                    ).fetchone()
+                except sqlite3.IntegrityError as exc:
+                    if new.client_msg_id is not None and CLIENT_ID_CONFLICT in str(exc):
+                        results.append(DuplicateMessage())
+                    else:
+                        results.append(exc)
+                    continue
+                if row is None:
+                    results.append(None)
+                    continue
+                conn.execute(TAKE_SEQ, (row[0], new.group_id))
+                results.append(StoredRow(seq=row[0], created_ms=to_ms(created_at), outbox_id=None))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.transactions += 1
+        return results
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def seqs_for_user(self, user_id: str) -> dict[str, int]:
+        """{group_id: last_seq} of every group the user belongs to; the users asking while a
+        read runs are read together in the next."""
+        if self._executor is None:
+            raise Unavailable("storage closed")
+        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._seqs_waiting.setdefault(user_id, []).append(future)
+        if self._seqs_reader is None:
+            self._seqs_reader = asyncio.get_running_loop().create_task(self._read_seqs())
+        return await future
+
+    async def _read_seqs(self) -> None:
+        try:
+            while self._seqs_waiting:
+                users = list(self._seqs_waiting)[:SEQS_BATCH]
+                waiting = {user_id: self._seqs_waiting.pop(user_id) for user_id in users}
+                try:
+                    rows = await self._run(self._fetch_seqs, users)
+                except Exception as exc:
+                    fail_waiting(waiting, exc)
+                    continue
+                except BaseException:
+                    fail_waiting(waiting, Unavailable("storage closed"))
+                    raise
+                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
+                for user_id, group_id, last_seq in rows:
+                    found[user_id][group_id] = last_seq
+                for user_id, futures in waiting.items():
+                    for i, future in enumerate(futures):
+                        if not future.done():
+                            seqs = found[user_id]
+                            future.set_result(seqs if i == 0 else dict(seqs))
+        finally:
+            self._seqs_reader = None
+            left, self._seqs_waiting = self._seqs_waiting, {}
+            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
+
+    def _fetch_seqs(self, users: list[str]) -> list[tuple[str, str, int]]:
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("storage closed")
+        sql = SEQS_FOR_USERS.format(marks=", ".join("?" * len(users)))
+        return conn.execute(sql, users).fetchall()
+
+    async def messages_after(
+        self, group_id: str, after_seq: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` messages of a group after `after_seq`, as `new_message` data."""
+        rows = await self._run(self._fetch_after, group_id, after_seq, limit)
+        read_time = self._read_time
+        return [
+            message_fields(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                to_ms(read_time(row[8])),  # type: ignore[arg-type]  # NOT NULL column
+            )
+            for row in rows
+        ]
+
+    def _fetch_after(self, group_id: str, after_seq: int, limit: int) -> list[tuple[Any, ...]]:
+        conn = self._conn
+        if conn is None:
+            raise Unavailable("storage closed")
+        return conn.execute(MESSAGES_AFTER, (group_id, after_seq, limit)).fetchall()

@@ -1,0 +1,313 @@
+"""Embedded mode's send and auth path on SQLite: sends that arrive together share a commit,
+seqs stay gap-free, retries stay idempotent, and the engine's own writes go on beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.bus.memory import InMemoryBus
+from app.config import Settings
+from app.db.base import NewMessage
+from app.db.migrate import upgrade_async
+from app.db.models import Message
+from app.db.repositories.groups import GroupRepository
+from app.db.repositories.messages import MessageRepository
+from app.db.session import make_engine, make_sessionmaker
+from app.db.sqlite_hotpath import SqliteHotPath, sqlite_file
+from app.errors import NotMember, Unavailable
+from app.main import create_app
+from app.schemas import events
+from app.services import chat, groups
+from app.services.chat import Sender, SendResult
+from app.services.context import ServiceContext
+from tests.support.tokens import SECRET, bearer, token
+
+MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
+
+
+async def context(path: Path, *, busy_timeout: float = 30.0) -> tuple[ServiceContext, object]:
+    settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)
+    await upgrade_async(settings.database_url)
+    engine = make_engine(settings.database_url)
+    hot = SqliteHotPath(str(path), engine.dialect, busy_timeout=busy_timeout)
+    await hot.start()
+    bus = InMemoryBus()
+    await bus.connect()
+    ctx = ServiceContext(settings=settings, sessions=make_sessionmaker(engine), bus=bus, hot=hot)
+    return ctx, engine
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path) -> AsyncIterator[ServiceContext]:
+    ctx, engine = await context(tmp_path / "hot.db")
+    try:
+        yield ctx
+    finally:
+        await ctx.bus.disconnect()
+        assert isinstance(ctx.hot, SqliteHotPath)
+        await ctx.hot.close()
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+def hot(ctx: ServiceContext) -> SqliteHotPath:
+    assert isinstance(ctx.hot, SqliteHotPath)
+    return ctx.hot
+
+
+async def new_group(ctx: ServiceContext, members: list[str] = MEMBERS) -> str:
+    group = await groups.create_group(ctx, owner_id=members[0], name="load", member_ids=members)
+    return str(group["group_id"])
+
+
+async def stored(ctx: ServiceContext, group_id: str) -> list[Message]:
+    async with ctx.session() as session:
+        rows = await session.scalars(
+            select(Message).where(Message.group_id == group_id).order_by(Message.seq)
+        )
+        return list(rows)
+
+
+async def send(
+    ctx: ServiceContext, group_id: str, user: str, text: str, client_id: str | None = None
+) -> SendResult:
+    return await chat.send_message(
+        ctx,
+        sender=Sender(user, user.title()),
+        group_id=group_id,
+        msg_type=1,
+        content=text,
+        client_msg_id=client_id,
+    )
+
+
+async def test_sends_arriving_together_share_a_commit_and_get_consecutive_seqs(
+    ctx: ServiceContext,
+) -> None:
+    group_id = await new_group(ctx)
+    published = ctx.bus.subscribe(ctx.settings.STREAM_MESSAGES)
+    before = hot(ctx).transactions
+    results = await asyncio.gather(
+        *(send(ctx, group_id, MEMBERS[n % 5], f"m{n}") for n in range(200))
+    )
+    assert hot(ctx).transactions - before <= 3  # not one per send
+    assert sorted(r.ack["seq"] for r in results) == list(range(1, 201))
+    rows = await stored(ctx, group_id)
+    assert [m.seq for m in rows] == list(range(1, 201))
+    by_id = {m.id: (m.seq, m.content) for m in rows}
+    assert all(by_id[r.ack["message_id"]] == (r.ack["seq"], r.message["content"]) for r in results)
+    assert await groups.is_member(ctx, user_id="bob", group_id=group_id) == 200
+    seqs = []
+    async with asyncio.timeout(10):
+        async for event in published:
+            seqs.append(event.data["seq"])
+            if len(seqs) == 200:
+                break
+    assert sorted(seqs) == list(range(1, 201))
+
+
+async def test_what_the_orm_reads_is_what_the_send_answered(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    acks = [
+        (await send(ctx, group_id, MEMBERS[n % 5], f"m{n} ünïcode", client_id=f"c{n}")).message
+        for n in range(6)
+    ]
+    assert [m["seq"] for m in acks] == list(range(1, 7))
+    async with ctx.session() as session:
+        rows = await MessageRepository(session).after_seq(group_id=group_id, after_seq=0, limit=10)
+    assert [events.message_data(m) for m in rows] == acks  # created_at to the millisecond
+    assert await hot(ctx).messages_after(group_id, 2, 3) == acks[2:5]
+    assert await hot(ctx).messages_after(group_id, 6, 10) == []
+
+
+async def test_retries_in_one_batch_store_one_message(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    results = await asyncio.gather(
+        *(send(ctx, group_id, "bob", "once", client_id="retry-1") for _ in range(10)),
+        *(send(ctx, group_id, "carol", f"other {n}") for n in range(10)),
+    )
+    retries, others = results[:10], results[10:]
+    assert sum(r.created for r in retries) == 1
+    assert len({(r.ack["message_id"], r.ack["seq"]) for r in retries}) == 1
+    assert all(r.created for r in others)
+    rows = await stored(ctx, group_id)
+    assert [m.seq for m in rows] == list(range(1, 12))  # gap-free: no seq spent on a retry
+    assert [m.content for m in rows].count("once") == 1
+    # A retry after the batch answers the stored message too.
+    again = await send(ctx, group_id, "bob", "once", client_id="retry-1")
+    assert not again.created and again.ack == retries[0].ack
+
+
+async def test_same_client_id_from_two_senders_stores_two(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    first, second = await asyncio.gather(
+        send(ctx, group_id, "alice", "a", client_id="same"),
+        send(ctx, group_id, "bob", "b", client_id="same"),
+    )
+    assert first.created and second.created
+    assert {first.ack["seq"], second.ack["seq"]} == {1, 2}
+
+
+async def test_a_non_member_in_a_batch_stores_nothing_and_the_others_are_stored(
+    ctx: ServiceContext,
+) -> None:
+    group_id = await new_group(ctx)
+    results = await asyncio.gather(
+        send(ctx, group_id, "alice", "1"),
+        send(ctx, group_id, "mallory", "intruder"),
+        send(ctx, "no-such-group", "alice", "lost"),
+        send(ctx, group_id, "bob", "2"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], NotMember) and isinstance(results[2], NotMember)
+    assert [r.ack["seq"] for r in results if isinstance(r, SendResult)] == [1, 2]
+    assert [m.content for m in await stored(ctx, group_id)] == ["1", "2"]
+
+
+async def test_auth_reads_match_the_orm_and_share_statements(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = await new_group(ctx), await new_group(ctx, ["bob", "carol"])
+    await send(ctx, second, "bob", "hello")
+    async with ctx.session() as session:
+        expected = await GroupRepository(session).seqs_for_user("bob")
+    assert expected == {first: 0, second: 1}
+    path = hot(ctx)
+    statements: list[int] = []
+    fetch = path._fetch_seqs
+
+    def counted(users: list[str]) -> list[tuple[str, str, int]]:
+        statements.append(len(users))
+        return fetch(users)
+
+    monkeypatch.setattr(path, "_fetch_seqs", counted)
+    users = ["bob", "nobody", *MEMBERS] * 40  # 280 asks, 6 distinct users
+    found = await asyncio.gather(*(groups.group_seqs(ctx, user_id=u) for u in users))
+    assert len(statements) <= 2 and sum(statements) <= 12
+    assert all(f == expected for u, f in zip(users, found, strict=True) if u == "bob")
+    assert all(f == {} for u, f in zip(users, found, strict=True) if u == "nobody")
+    assert all(f == {first: 0} for u, f in zip(users, found, strict=True) if u == "erin")
+    # Each caller gets a map of its own: changing one changes no other's.
+    bobs = [f for u, f in zip(users, found, strict=True) if u == "bob"]
+    bobs[0]["x"] = 1
+    assert "x" not in bobs[1]
+
+
+async def test_engine_writes_beside_the_hot_path_neither_fails(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+
+    async def join_and_read(n: int) -> None:
+        await groups.add_member(ctx, caller_id="alice", group_id=group_id, user_id=f"u{n}")
+        await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1)
+
+    sends = [send(ctx, group_id, MEMBERS[n % 5], f"m{n}") for n in range(100)]
+    results, _ = await asyncio.gather(
+        asyncio.gather(*sends), asyncio.gather(*(join_and_read(n) for n in range(20)))
+    )
+    assert sorted(r.ack["seq"] for r in results) == list(range(1, 101))
+    async with ctx.session() as session:
+        members = await GroupRepository(session).member_ids(group_id)
+    assert len(members) == 25
+
+
+async def test_a_locked_database_fails_the_batch_and_the_next_one_stores(
+    tmp_path: Path,
+) -> None:
+    ctx, engine = await context(tmp_path / "locked.db", busy_timeout=0.2)
+    try:
+        group_id = await new_group(ctx)
+        blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+        results = await asyncio.gather(
+            send(ctx, group_id, "alice", "a"),
+            send(ctx, group_id, "bob", "b"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, Unavailable) for r in results)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await stored(ctx, group_id) == []
+        after = await send(ctx, group_id, "alice", "after")
+        assert after.ack["seq"] == 1  # the failed batch spent no seq
+    finally:
+        await ctx.bus.disconnect()
+        await hot(ctx).close()
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+async def test_close_answers_the_sends_still_waiting(tmp_path: Path) -> None:
+    ctx, engine = await context(tmp_path / "closing.db")
+    group_id = await new_group(ctx)
+    path = hot(ctx)
+    pending = [
+        asyncio.ensure_future(
+            path.store_message(
+                NewMessage(
+                    id=f"00000000-0000-0000-0000-{n:012d}",
+                    group_id=group_id,
+                    sender_id="alice",
+                    sender_name="Alice",
+                    msg_type=1,
+                    content=str(n),
+                    image_url="",
+                    client_msg_id=None,
+                )
+            )
+        )
+        for n in range(5)
+    ]
+    await asyncio.sleep(0)  # the sends are queued and the writer has started
+    await path.close()
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results)
+    with pytest.raises(Unavailable):
+        await path.seqs_for_user("alice")
+    await ctx.bus.disconnect()
+    await engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_only_a_database_in_a_file_takes_the_hot_path() -> None:
+    assert sqlite_file("/tmp/campushub.db") and sqlite_file("campushub.db")
+    assert not sqlite_file(":memory:") and not sqlite_file("") and not sqlite_file(None)
+    assert not sqlite_file("file:shared?mode=memory&cache=shared")
+
+
+def test_embedded_service_stores_and_authenticates_through_the_hot_path(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    store, fetch = SqliteHotPath._store_batch, SqliteHotPath._fetch_seqs
+
+    def counted_store(self: SqliteHotPath, batch: list[NewMessage]) -> list[object]:
+        calls.append("store")
+        return store(self, batch)  # type: ignore[return-value]
+
+    def counted_fetch(self: SqliteHotPath, users: list[str]) -> list[tuple[str, str, int]]:
+        calls.append("seqs")
+        return fetch(self, users)
+
+    monkeypatch.setattr(SqliteHotPath, "_store_batch", counted_store)
+    monkeypatch.setattr(SqliteHotPath, "_fetch_seqs", counted_fetch)
+    with TestClient(create_app(settings)) as client:
+        created = client.post(
+            "/api/v1/groups", json={"name": "g", "member_ids": ["bob"]}, headers=bearer("alice")
+        )
+        group_id = created.json()["group_id"]
+        sent = client.post(
+            f"/api/v1/groups/{group_id}/messages",
+            json={"msg_type": 1, "content": "hi"},
+            headers=bearer("alice"),
+        )
+        assert sent.status_code == 201 and sent.json()["seq"] == 1
+        with client.websocket_connect("/ws") as ws:
+            ws.send_json({"type": "auth", "message_id": "a", "data": {"token": token("bob")}})
+            reply = ws.receive_json()
+            assert reply["type"] == "auth_success" and reply["data"]["groups"] == [group_id]
+    assert calls == ["store", "seqs"]
