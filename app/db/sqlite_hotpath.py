@@ -6,7 +6,9 @@ thread and back, each waking the event loop) and held the engine's single connec
 whole time, so sends queued behind one another: ~300 a second at most, whatever the machine.
 Here the sends that arrive while a transaction is being written wait for the next, and each
 transaction runs in this path's own thread in one hop: its statements, then one commit.
-Auth reads are batched the same way (one statement for up to SEQS_BATCH users).
+Auth reads are batched the same way (one statement for up to SEQS_BATCH users). The log's
+checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run every second
+on a connection and thread of their own, not inside a commit that sends wait for.
 
 The engine keeps its own connection for everything else (REST, group management, read
 marks). SQLite lets one writer in at a time; both connections wait for the lock (a busy
@@ -41,6 +43,7 @@ log = logging.getLogger("app.db")
 T = TypeVar("T")
 
 STORE_BATCH = 500  # messages per transaction
+CHECKPOINT_EVERY = 1.0  # seconds between the checkpoints run beside the writes
 SEQS_BATCH = 500  # users per auth read (SQLite allows 32,766 parameters)
 
 # The group's next seq is taken by the statement that inserts the message, inside a write
@@ -85,9 +88,17 @@ def sqlite_file(url_database: str | None) -> bool:
 class SqliteHotPath:
     """`store_message`, `seqs_for_user` and `messages_after` of app.db.hotpath, for SQLite."""
 
-    def __init__(self, path: str, dialect: Dialect, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        dialect: Dialect,
+        *,
+        busy_timeout: float = 30.0,
+        checkpoint_every: float = CHECKPOINT_EVERY,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.checkpoint_every = checkpoint_every
         # created_at is stored and read exactly as the ORM does it (SQLAlchemy's own
         # processors for the column's type on this dialect).
         created_at = Message.__table__.c.created_at.type.dialect_impl(dialect)
@@ -102,31 +113,60 @@ class SqliteHotPath:
         self._writer: asyncio.Task[None] | None = None
         self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
         self._seqs_reader: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self.transactions = 0  # committed store transactions (tests, diagnostics)
+        self.checkpoints = 0  # checkpoints run beside the writes
 
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-hot")
         await self._run(self._open)
+        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint())
 
-    def _open(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: this class writes its own BEGIN and COMMIT.
-        conn = sqlite3.connect(
+        return sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
+
+    def _open(self) -> None:
+        conn = self._connect()
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")  # as the engine's connection (WAL mode)
+        # In WAL mode with synchronous=NORMAL a commit writes the log and syncs nothing; the
+        # syncs come with the checkpoints that copy the log into the database, which SQLite
+        # otherwise runs inside the commit that fills the log past 1,000 pages. On a disk
+        # whose syncs sometimes take half a second, every send waiting for that commit
+        # waited that long. `_checkpoint` runs them on a connection and thread of their own.
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
+
+    async def _checkpoint(self) -> None:
+        """Every `checkpoint_every` s, copy what the log holds into the database (PASSIVE:
+        it waits for no reader and no writer; a writer goes on appending meanwhile)."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-ckpt") as executor:
+            conn = await loop.run_in_executor(executor, self._connect)
+            try:
+                while True:
+                    await asyncio.sleep(self.checkpoint_every)
+                    try:
+                        await loop.run_in_executor(executor, _checkpoint_once, conn)
+                        self.checkpoints += 1
+                    except sqlite3.Error as exc:  # the next one tries again
+                        log.warning("[WS] checkpoint failed: %s", exc)
+            finally:
+                executor.submit(conn.close)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None  # new calls fail from here
-        for task in (self._writer, self._seqs_reader):
+        for task in (self._writer, self._seqs_reader, self._checkpointer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._writer = self._seqs_reader = None
+        self._writer = self._seqs_reader = self._checkpointer = None
         # A task cancelled before it ran never reaches its `finally`: answer its callers here.
         sends, self._sends = self._sends, []
         for send in sends:
@@ -320,3 +360,10 @@ class SqliteHotPath:
         if conn is None:
             raise Unavailable("storage closed")
         return conn.execute(MESSAGES_AFTER, (group_id, after_seq, limit)).fetchall()
+
+
+def _checkpoint_once(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(busy, frames in the log, frames copied); read to the end, so the statement holds no
+    read transaction that would keep writers from starting the log over."""
+    rows = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    return (rows[0][0], rows[0][1], rows[0][2])

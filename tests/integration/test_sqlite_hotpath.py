@@ -4,6 +4,8 @@ seqs stay gap-free, retries stay idempotent, and the engine's own writes go on b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,11 +34,15 @@ from tests.support.tokens import SECRET, bearer, token
 MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
-async def context(path: Path, *, busy_timeout: float = 30.0) -> tuple[ServiceContext, object]:
+async def context(
+    path: Path, *, busy_timeout: float = 30.0, checkpoint_every: float = 1.0
+) -> tuple[ServiceContext, object]:
     settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)
     await upgrade_async(settings.database_url)
     engine = make_engine(settings.database_url)
-    hot = SqliteHotPath(str(path), engine.dialect, busy_timeout=busy_timeout)
+    hot = SqliteHotPath(
+        str(path), engine.dialect, busy_timeout=busy_timeout, checkpoint_every=checkpoint_every
+    )
     await hot.start()
     bus = InMemoryBus()
     await bus.connect()
@@ -271,6 +277,61 @@ async def test_close_answers_the_sends_still_waiting(tmp_path: Path) -> None:
         await path.seqs_for_user("alice")
     await ctx.bus.disconnect()
     await engine.dispose()  # type: ignore[attr-defined]
+
+
+def message(group_id: str, n: int, content: str) -> NewMessage:
+    return NewMessage(
+        id=f"00000000-0000-0000-0000-{n:012d}",
+        group_id=group_id,
+        sender_id="alice",
+        sender_name="Alice",
+        msg_type=1,
+        content=content,
+        image_url="",
+        client_msg_id=None,
+    )
+
+
+def in_main_file(path: Path, copy: Path) -> int:
+    """Messages in the database file itself, without its write-ahead log: what checkpoints
+    have copied there."""
+    shutil.copyfile(path, copy)
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
+    # Without the checkpointer (an interval longer than the test), 1,500 messages of 4 KB
+    # (~1,600 pages, past SQLite's automatic checkpoint at 1,000) stay in the log: no commit
+    # copied them into the database file.
+    path = tmp_path / "wal.db"
+    ctx, engine = await context(path, checkpoint_every=3600)
+    try:
+        group_id = await new_group(ctx)
+        await asyncio.gather(
+            *(hot(ctx).store_message(message(group_id, n, "x" * 4000)) for n in range(1500))
+        )
+        assert in_main_file(path, tmp_path / "copy1.db") == 0
+    finally:
+        await ctx.bus.disconnect()
+        await hot(ctx).close()
+        await engine.dispose()  # type: ignore[attr-defined]
+    # With it, the checkpoints run beside the writes and copy them.
+    ctx, engine = await context(path, checkpoint_every=0.05)
+    try:
+        group_id = await new_group(ctx)
+        await asyncio.gather(
+            *(hot(ctx).store_message(message(group_id, 10_000 + n, "y")) for n in range(50))
+        )
+        start = hot(ctx).checkpoints
+        async with asyncio.timeout(10):
+            while hot(ctx).checkpoints < start + 2:  # one that began after the last commit
+                await asyncio.sleep(0.05)
+        assert in_main_file(path, tmp_path / "copy2.db") == 1550
+    finally:
+        await ctx.bus.disconnect()
+        await hot(ctx).close()
+        await engine.dispose()  # type: ignore[attr-defined]
 
 
 def test_only_a_database_in_a_file_takes_the_hot_path() -> None:
