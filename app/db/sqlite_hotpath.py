@@ -1,12 +1,14 @@
 """Embedded mode's statements for every message and every WebSocket auth, on one sqlite3
 connection of their own, with the sends that arrive together committed together.
 
-Through the ORM on aiosqlite a send cost ~2 ms of CPU (a session, four hops to aiosqlite's
-thread and back, each waking the event loop) and held the engine's single connection the
-whole time, so sends queued behind one another: ~300 a second at most, whatever the machine.
+Through the ORM on aiosqlite a send cost ~2.8 ms of the server's CPU (the bench's `groups`:
+a session, and a hop to aiosqlite's thread and back for each statement and the commit, each
+waking the event loop) and held the engine's single connection the whole time, so sends
+queued behind one another: ~330 a second, p99 8 s at 500 offered.
 Here the sends that arrive while a transaction is being written wait for the next, and each
 transaction runs in this path's own thread in one hop: its statements, then one commit.
-Auth reads are batched the same way (one statement for up to SEQS_BATCH users). The log's
+Auth reads are batched the same way (one statement for up to SEQS_BATCH users); the
+replay and offline reads (`messages_after`, `unread_for`) run on the same thread. The log's
 checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run every second
 on a connection and thread of their own, not inside a commit that sends wait for.
 
@@ -66,10 +68,28 @@ SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = 
 WHERE m.user_id IN ({marks})
 """
 
+# The columns every read of messages here returns, in this order (`_messages`).
 MESSAGES_AFTER = """
 SELECT id, group_id, seq, sender_id, sender_name, msg_type, content, image_url, created_at
 FROM messages WHERE group_id = ? AND seq > ? ORDER BY seq LIMIT ?
 """
+
+# The caller's unread messages across its groups (past its read mark, sent by others), in
+# keyset order. The CROSS JOIN keeps SQLite's join order as written: the caller's
+# memberships, each one's read mark, then each group's (group_id, seq) index from past the
+# mark, so the cost follows the unread messages, not the groups' history.
+_UNREAD = """
+SELECT m.id, m.group_id, m.seq, m.sender_id, m.sender_name, m.msg_type, m.content, m.image_url,
+       m.created_at
+FROM group_members gm
+LEFT JOIN read_marks r ON r.group_id = gm.group_id AND r.user_id = gm.user_id
+CROSS JOIN messages m
+WHERE gm.user_id = ?1 AND m.group_id = gm.group_id AND m.seq > coalesce(r.last_read_seq, 0)
+  AND m.sender_id <> ?1 {after}
+ORDER BY m.created_at, m.id LIMIT ?2
+"""
+UNREAD = _UNREAD.format(after="")
+UNREAD_AFTER = _UNREAD.format(after="AND (m.created_at, m.id) > (?3, ?4)")
 
 
 @dataclass(slots=True)
@@ -338,28 +358,38 @@ class SqliteHotPath:
         self, group_id: str, after_seq: int, limit: int
     ) -> list[dict[str, Any]]:
         """Up to `limit` messages of a group after `after_seq`, as `new_message` data."""
-        rows = await self._run(self._fetch_after, group_id, after_seq, limit)
-        read_time = self._read_time
-        return [
-            message_fields(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                row[7],
-                to_ms(read_time(row[8])),  # type: ignore[arg-type]  # NOT NULL column
-            )
-            for row in rows
-        ]
+        rows = await self._run(self._fetch, MESSAGES_AFTER, (group_id, after_seq, limit))
+        return [data for data, _ in self._messages(rows)]
 
-    def _fetch_after(self, group_id: str, after_seq: int, limit: int) -> list[tuple[Any, ...]]:
+    async def unread_for(
+        self, user_id: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[tuple[dict[str, Any], datetime]]:
+        """Up to `limit` unread messages of the user, oldest first: (`new_message` data, its
+        created_at for a cursor)."""
+        params: tuple[Any, ...]
+        if after is None:
+            sql, params = UNREAD, (user_id, limit)
+        else:
+            sql, params = UNREAD_AFTER, (user_id, limit, self._bind_time(after[0]), after[1])
+        return self._messages(await self._run(self._fetch, sql, params))
+
+    def _messages(self, rows: list[tuple[Any, ...]]) -> list[tuple[dict[str, Any], datetime]]:
+        """(`new_message` data, created_at) of rows whose columns are those of MESSAGES_AFTER."""
+        found = []
+        for row in rows:
+            created_at = self._read_time(row[8])
+            assert created_at is not None  # a NOT NULL column
+            data = message_fields(
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], to_ms(created_at)
+            )
+            found.append((data, created_at))
+        return found
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         conn = self._conn
         if conn is None:
             raise Unavailable("storage closed")
-        return conn.execute(MESSAGES_AFTER, (group_id, after_seq, limit)).fetchall()
+        return conn.execute(sql, params).fetchall()
 
 
 def _checkpoint_once(conn: sqlite3.Connection) -> tuple[int, int, int]:

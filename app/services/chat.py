@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.bus.base import BusEvent
 from app.db.base import NewMessage
-from app.db.hotpath import DuplicateMessage, HotPath
+from app.db.hotpath import DuplicateMessage
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -249,7 +249,7 @@ async def unread(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Unread messages across the user's groups, oldest first, and the next page's cursor."""
     after = decode_cursor(cursor) if cursor else None
-    if isinstance(ctx.hot, HotPath):  # SQLite reads this through the ORM
+    if ctx.hot is not None:
         found = await ctx.hot.unread_for(user_id, limit + 1, after)
         page = found[:limit]
         cursor_out = None

@@ -19,10 +19,11 @@ from app.config import Settings
 from app.db.base import NewMessage
 from app.db.migrate import upgrade_async
 from app.db.models import Message
+from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.session import make_engine, make_sessionmaker
-from app.db.sqlite_hotpath import SqliteHotPath, sqlite_file
+from app.db.sqlite_hotpath import UNREAD, UNREAD_AFTER, SqliteHotPath, sqlite_file
 from app.errors import NotMember, Unavailable
 from app.main import create_app
 from app.schemas import events
@@ -174,6 +175,57 @@ async def test_a_non_member_in_a_batch_stores_nothing_and_the_others_are_stored(
     assert isinstance(results[1], NotMember) and isinstance(results[2], NotMember)
     assert [r.ack["seq"] for r in results if isinstance(r, SendResult)] == [1, 2]
     assert [m.content for m in await stored(ctx, group_id)] == ["1", "2"]
+
+
+async def test_unread_pages_match_the_orm(ctx: ServiceContext) -> None:
+    first, second = await new_group(ctx), await new_group(ctx, ["carol", "bob"])
+    quiet = await new_group(ctx, ["dave", "erin"])  # bob is not in it
+    for n in range(7):
+        await send(ctx, first, MEMBERS[n % 5], f"first {n}")  # bob sends n = 1 and 6
+        await send(ctx, second, "carol", f"second {n}")
+        await send(ctx, quiet, "dave", f"quiet {n}")
+    await chat.mark_read(ctx, user_id="bob", group_id=first, seq=3)
+    # By the ORM (what SQLite used before): every page with its cursor.
+    orm_pages = []
+    cursor = None
+    while True:
+        async with ctx.session() as session:
+            rows = await MessageRepository(session).unread_for(
+                user_id="bob", limit=4, after=decode_cursor(cursor) if cursor else None
+            )
+        orm_pages.append([events.message_data(m) for m in rows])
+        if len(rows) < 4:
+            break
+        cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    unread = [m for page in orm_pages for m in page]
+    assert {m["group_id"] for m in unread} == {first, second}
+    assert all(m["sender_id"] != "bob" for m in unread)
+    assert [m["seq"] for m in unread if m["group_id"] == first] == [4, 5, 6]  # 7 is bob's
+    assert len(unread) == 3 + 7
+    # The same pages through the service, which reads them on the hot path.
+    pages = []
+    cursor = None
+    while True:
+        page, cursor = await chat.unread(ctx, user_id="bob", limit=4, cursor=cursor)
+        pages.append(page)
+        if cursor is None:
+            break
+    assert pages == orm_pages
+    assert await chat.unread(ctx, user_id="nobody", limit=4, cursor=None) == ([], None)
+
+
+def test_the_unread_read_starts_from_the_callers_read_marks(tmp_path: Path) -> None:
+    """The query plan: memberships, then read marks, then each group's messages from past
+    the mark (an index range), never a scan of a table."""
+    path = tmp_path / "plan.db"
+    asyncio.run(upgrade_async(f"sqlite+aiosqlite:///{path}"))
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        for sql, params in ((UNREAD, ("bob", 10)), (UNREAD_AFTER, ("bob", 10, "2026", "x"))):
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            assert plan[0].startswith("SEARCH gm USING INDEX"), plan
+            assert plan[1].startswith("SEARCH r USING"), plan
+            assert plan[2].startswith("SEARCH m USING") and "seq>?" in plan[2], plan
+            assert not any(step.startswith("SCAN") for step in plan), plan
 
 
 async def test_auth_reads_match_the_orm_and_share_statements(
