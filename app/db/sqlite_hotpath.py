@@ -1,19 +1,20 @@
-"""Embedded mode's statements for every message and every WebSocket auth, on one sqlite3
-connection of their own, with the sends that arrive together committed together.
+"""Embedded mode's statements for every message, read mark and WebSocket auth, on one
+sqlite3 connection of their own, with the writes that arrive together committed together.
 
 Through the ORM on aiosqlite a send cost ~2.8 ms of the server's CPU (the bench's `groups`:
 a session, and a hop to aiosqlite's thread and back for each statement and the commit, each
 waking the event loop) and held the engine's single connection the whole time, so sends
 queued behind one another: ~330 a second, p99 8 s at 500 offered.
-Here the sends that arrive while a transaction is being written wait for the next, and each
-transaction runs in this path's own thread in one hop: its statements, then one commit.
+Here the sends and read marks that arrive while a transaction is being written wait for the
+next, and each transaction runs in this path's own thread in one hop: its statements (each
+caller's in a savepoint of its own), then one commit.
 Auth reads are batched the same way (one statement for up to SEQS_BATCH users); the
 replay and offline reads (`messages_after`, `unread_for`) run on the same thread. The log's
 checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run every second
 on a connection and thread of their own, not inside a commit that sends wait for.
 
-The engine keeps its own connection for everything else (REST, group management, read
-marks). SQLite lets one writer in at a time; both connections wait for the lock (a busy
+The engine keeps its own connection for everything else (the rest of REST, group
+management, notifications). SQLite lets one writer in at a time; both connections wait for the lock (a busy
 timeout) instead of failing, and this path takes it at the start of each transaction
 (`BEGIN IMMEDIATE`), so a transaction never reads a snapshot that another writer then makes
 stale. Only for a database in a file: a `:memory:` database is private to its connection,
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
@@ -44,7 +46,7 @@ log = logging.getLogger("app.db")
 
 T = TypeVar("T")
 
-STORE_BATCH = 500  # messages per transaction
+WRITE_BATCH = 500  # sends and read marks per transaction
 CHECKPOINT_EVERY = 1.0  # seconds between the checkpoints run beside the writes
 SEQS_BATCH = 500  # users per auth read (SQLite allows 32,766 parameters)
 
@@ -62,6 +64,19 @@ RETURNING seq
 TAKE_SEQ = "UPDATE groups SET last_seq = ? WHERE id = ?"
 # The unique constraint a retry with the same client id runs into (SQLite names its columns).
 CLIENT_ID_CONFLICT = "messages.client_msg_id"
+
+# The group's last seq and the member's read mark; no row: not a member.
+READ_MARK = """
+SELECT g.last_seq, coalesce(r.last_read_seq, 0)
+FROM group_members m JOIN groups g ON g.id = m.group_id
+LEFT JOIN read_marks r ON r.user_id = m.user_id AND r.group_id = m.group_id
+WHERE m.group_id = ?1 AND m.user_id = ?2
+"""
+ADVANCE_READ_MARK = """
+INSERT INTO read_marks (user_id, group_id, last_read_seq, updated_at) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (user_id, group_id) DO UPDATE
+SET last_read_seq = max(last_read_seq, excluded.last_read_seq), updated_at = excluded.updated_at
+"""
 
 SEQS_FOR_USERS = """
 SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = m.group_id
@@ -93,9 +108,11 @@ UNREAD_AFTER = _UNREAD.format(after="AND (m.created_at, m.id) > (?3, ?4)")
 
 
 @dataclass(slots=True)
-class _Send:
-    new: NewMessage
-    future: asyncio.Future[StoredRow | None]
+class _Write:
+    """One caller's statements, run in the next transaction (on this path's thread)."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
 
 
 def sqlite_file(url_database: str | None) -> bool:
@@ -129,7 +146,7 @@ class SqliteHotPath:
         self._read_time: Callable[[Any], datetime | None] = read
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._sends: list[_Send] = []
+        self._writes: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
         self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
         self._seqs_reader: asyncio.Task[None] | None = None
@@ -188,10 +205,10 @@ class SqliteHotPath:
                     await task
         self._writer = self._seqs_reader = self._checkpointer = None
         # A task cancelled before it ran never reaches its `finally`: answer its callers here.
-        sends, self._sends = self._sends, []
-        for send in sends:
-            if not send.future.done():
-                send.future.set_exception(Unavailable("storage closed"))
+        writes, self._writes = self._writes, []
+        for write in writes:
+            if not write.future.done():
+                write.future.set_exception(Unavailable("storage closed"))
         waiting, self._seqs_waiting = self._seqs_waiting, {}
         fail_waiting(waiting, Unavailable("storage closed"))
         if executor is None:
@@ -226,80 +243,119 @@ class SqliteHotPath:
             raise ValueError("embedded mode has no outbox")
         if self._executor is None:
             raise Unavailable("storage closed")
-        future: asyncio.Future[StoredRow | None] = asyncio.get_running_loop().create_future()
-        self._sends.append(_Send(new, future))
+        stored: StoredRow | None = await self._write(partial(self._store, new))
+        return stored
+
+    def _store(self, new: NewMessage, conn: sqlite3.Connection) -> StoredRow | None:
+        created_at = utcnow()
+        try:
+            row = conn.execute(
+                INSERT_MESSAGE,
+                (
+                    new.id,
+                    new.sender_id,
+                    new.sender_name,
+                    new.msg_type,
+                    new.content,
+                    new.image_url,
+                    new.client_msg_id,
+                    self._bind_time(created_at),
+                    new.group_id,
+                ),
+            ).fetchone()
+        except sqlite3.IntegrityError as exc:
+            if new.client_msg_id is not None and CLIENT_ID_CONFLICT in str(exc):
+                raise DuplicateMessage() from exc
+            raise
+        if row is None:
+            return None
+        conn.execute(TAKE_SEQ, (row[0], new.group_id))
+        return StoredRow(seq=row[0], created_ms=to_ms(created_at), outbox_id=None)
+
+    async def advance_read_mark(
+        self, user_id: str, group_id: str, seq: int
+    ) -> tuple[int, int] | None:
+        """Raise the user's read mark towards `seq`, clamped to the group's last seq and never
+        backwards: (the mark before, the mark now), or None when the user is not a member."""
+        if self._executor is None:
+            raise Unavailable("storage closed")
+        moved: tuple[int, int] | None = await self._write(
+            partial(self._advance, user_id, group_id, seq)
+        )
+        return moved
+
+    def _advance(
+        self, user_id: str, group_id: str, seq: int, conn: sqlite3.Connection
+    ) -> tuple[int, int] | None:
+        row = conn.execute(READ_MARK, (group_id, user_id)).fetchone()
+        if row is None:
+            return None
+        last_seq, before = row
+        target = max(0, min(seq, last_seq))
+        if target <= before:
+            return before, before
+        conn.execute(ADVANCE_READ_MARK, (user_id, group_id, target, self._bind_time(utcnow())))
+        return before, target
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """`run(conn)` in the next write transaction, with the others queued meanwhile."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append(_Write(run, future))
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
         return await future
 
-    async def _write(self) -> None:
+    async def _write_queued(self) -> None:
         try:
-            while self._sends:
-                batch, self._sends = self._sends[:STORE_BATCH], self._sends[STORE_BATCH:]
+            while self._writes:
+                batch, self._writes = self._writes[:WRITE_BATCH], self._writes[WRITE_BATCH:]
                 try:
-                    results = await self._run(self._store_batch, [s.new for s in batch])
+                    results = await self._run(self._transaction, [w.run for w in batch])
                 except Exception as exc:
-                    for send in batch:
-                        if not send.future.done():
-                            send.future.set_exception(exc)
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_exception(exc)
                     continue
                 except BaseException:
-                    for send in batch:
-                        if not send.future.done():
-                            send.future.set_exception(Unavailable("storage closed"))
+                    for write in batch:
+                        if not write.future.done():
+                            write.future.set_exception(Unavailable("storage closed"))
                     raise
-                for send, result in zip(batch, results, strict=True):
-                    if send.future.done():
+                for write, (ok, result) in zip(batch, results, strict=True):
+                    if write.future.done():
                         continue
-                    if isinstance(result, BaseException):
-                        send.future.set_exception(result)
+                    if ok:
+                        write.future.set_result(result)
                     else:
-                        send.future.set_result(result)
+                        write.future.set_exception(result)
         finally:
             self._writer = None
-            left, self._sends = self._sends, []
-            for send in left:  # only when cancelled (close)
-                if not send.future.done():
-                    send.future.set_exception(Unavailable("storage closed"))
+            left, self._writes = self._writes, []
+            for write in left:  # only when cancelled (close)
+                if not write.future.done():
+                    write.future.set_exception(Unavailable("storage closed"))
 
-    def _store_batch(self, batch: list[NewMessage]) -> list[StoredRow | None | Exception]:
-        """One transaction for the batch (on this path's thread). A message that fails alone
-        (a retry, a non-member) leaves the others stored; an error of the transaction (the
-        lock, the disk) fails them all, and none is stored."""
+    def _transaction(
+        self, batch: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """One transaction for the batch (on this path's thread): (True, result) or (False,
+        the exception) for each. Each runs in a savepoint, so one that fails (a retry, a
+        non-member) leaves nothing of its own and the others stored; an error of the
+        transaction (the lock, the disk) fails them all, and nothing is stored."""
         conn = self._conn
         if conn is None:
             raise Unavailable("storage closed")
-        results: list[StoredRow | None | Exception] = []
+        results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for new in batch:
-                created_at = utcnow()
+            for run in batch:
+                conn.execute("SAVEPOINT write")
                 try:
-                    row = conn.execute(
-                        INSERT_MESSAGE,
-                        (
-                            new.id,
-                            new.sender_id,
-                            new.sender_name,
-                            new.msg_type,
-                            new.content,
-                            new.image_url,
-                            new.client_msg_id,
-                            self._bind_time(created_at),
-                            new.group_id,
-                        ),
-                    ).fetchone()
-                except sqlite3.IntegrityError as exc:
-                    if new.client_msg_id is not None and CLIENT_ID_CONFLICT in str(exc):
-                        results.append(DuplicateMessage())
-                    else:
-                        results.append(exc)
-                    continue
-                if row is None:
-                    results.append(None)
-                    continue
-                conn.execute(TAKE_SEQ, (row[0], new.group_id))
-                results.append(StoredRow(seq=row[0], created_ms=to_ms(created_at), outbox_id=None))
+                    results.append((True, run(conn)))
+                except (sqlite3.IntegrityError, DuplicateMessage) as exc:
+                    conn.execute("ROLLBACK TO write")
+                    results.append((False, exc))
+                conn.execute("RELEASE write")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -17,6 +17,7 @@ from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.read_marks import ReadMarkRepository
+from app.db.sqlite_hotpath import SqliteHotPath
 from app.errors import BadRequest, NotMember, TooLarge
 from app.schemas import events
 from app.services.context import ServiceContext
@@ -209,6 +210,17 @@ async def mark_read(
 
     Publishes a read update for the user's other connections when the mark moved.
     """
+    if isinstance(ctx.hot, SqliteHotPath):  # embedded: in the next write transaction
+        moved = await ctx.hot.advance_read_mark(user_id, group_id, seq)
+        if moved is None:
+            raise NotMember()
+        before, now = moved
+        if now != before:
+            data = events.read_event(
+                user_id=user_id, group_id=group_id, last_read_seq=now, origin=origin
+            )
+            await ctx.dispatch(Staged(ctx.settings.STREAM_EVENTS, BusEvent(events.READ, data)))
+        return now
     async with ctx.session() as session:
         found = await GroupRepository(session).membership(group_id=group_id, user_id=user_id)
         if found is None:

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from app.db.models import Message
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
+from app.db.repositories.read_marks import ReadMarkRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.db.sqlite_hotpath import UNREAD, UNREAD_AFTER, SqliteHotPath, sqlite_file
 from app.errors import NotMember, Unavailable
@@ -228,6 +230,48 @@ def test_the_unread_read_starts_from_the_callers_read_marks(tmp_path: Path) -> N
             assert not any(step.startswith("SCAN") for step in plan), plan
 
 
+async def test_read_marks_clamp_never_go_back_and_announce_only_moves(
+    ctx: ServiceContext,
+) -> None:
+    group_id = await new_group(ctx)
+    updates = ctx.bus.subscribe(ctx.settings.STREAM_EVENTS)
+    for n in range(3):
+        await send(ctx, group_id, "alice", f"m{n}")
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2) == 2
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1) == 2  # not back
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=99) == 3  # clamped
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=3) == 3
+    with pytest.raises(NotMember):
+        await chat.mark_read(ctx, user_id="mallory", group_id=group_id, seq=1)
+    with pytest.raises(NotMember):
+        await chat.mark_read(ctx, user_id="bob", group_id="no-such-group", seq=1)
+    async with ctx.session() as session:
+        assert await ReadMarkRepository(session).get(user_id="bob", group_id=group_id) == 3
+        assert await ReadMarkRepository(session).get(user_id="mallory", group_id=group_id) == 0
+    seen = []
+    async with asyncio.timeout(5):
+        async for event in updates:
+            seen.append(event.data["last_read_seq"])
+            if len(seen) == 2:
+                break
+    assert seen == [2, 3]  # one update per move, none for the calls that moved nothing
+
+
+async def test_read_marks_and_sends_in_one_batch_keep_their_order(ctx: ServiceContext) -> None:
+    group_id = await new_group(ctx)
+    before = hot(ctx).transactions
+    results = await asyncio.gather(
+        send(ctx, group_id, "alice", "1"),
+        chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=5),  # after seq 1 only
+        send(ctx, group_id, "alice", "2"),
+        chat.mark_read(ctx, user_id="carol", group_id=group_id, seq=5),  # after both
+        chat.mark_read(ctx, user_id="mallory", group_id=group_id, seq=5),
+        return_exceptions=True,
+    )
+    assert hot(ctx).transactions - before == 1
+    assert results[1] == 1 and results[3] == 2 and isinstance(results[4], NotMember)
+
+
 async def test_auth_reads_match_the_orm_and_share_statements(
     ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -396,17 +440,17 @@ def test_embedded_service_stores_and_authenticates_through_the_hot_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    store, fetch = SqliteHotPath._store_batch, SqliteHotPath._fetch_seqs
+    transaction, fetch = SqliteHotPath._transaction, SqliteHotPath._fetch_seqs
 
-    def counted_store(self: SqliteHotPath, batch: list[NewMessage]) -> list[object]:
-        calls.append("store")
-        return store(self, batch)  # type: ignore[return-value]
+    def counted_write(self: SqliteHotPath, batch: list[Any]) -> list[tuple[bool, Any]]:
+        calls.append("write")
+        return transaction(self, batch)
 
     def counted_fetch(self: SqliteHotPath, users: list[str]) -> list[tuple[str, str, int]]:
         calls.append("seqs")
         return fetch(self, users)
 
-    monkeypatch.setattr(SqliteHotPath, "_store_batch", counted_store)
+    monkeypatch.setattr(SqliteHotPath, "_transaction", counted_write)
     monkeypatch.setattr(SqliteHotPath, "_fetch_seqs", counted_fetch)
     with TestClient(create_app(settings)) as client:
         created = client.post(
@@ -423,4 +467,8 @@ def test_embedded_service_stores_and_authenticates_through_the_hot_path(
             ws.send_json({"type": "auth", "message_id": "a", "data": {"token": token("bob")}})
             reply = ws.receive_json()
             assert reply["type"] == "auth_success" and reply["data"]["groups"] == [group_id]
-    assert calls == ["store", "seqs"]
+        marked = client.post(
+            f"/api/v1/groups/{group_id}/read", json={"seq": 5}, headers=bearer("bob")
+        )
+        assert marked.status_code == 200 and marked.json()["last_read_seq"] == 1
+    assert calls == ["write", "seqs", "write"]
