@@ -14,11 +14,11 @@ checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run eve
 on a connection and thread of their own, not inside a commit that sends wait for.
 
 The engine keeps its own connection for everything else (the rest of REST, group
-management, notifications). SQLite lets one writer in at a time; both connections wait for the lock (a busy
-timeout) instead of failing, and this path takes it at the start of each transaction
-(`BEGIN IMMEDIATE`), so a transaction never reads a snapshot that another writer then makes
-stale. Only for a database in a file: a `:memory:` database is private to its connection,
-and the service then stores through the ORM as before.
+management, notifications). SQLite lets one writer in at a time; both connections wait for
+the lock (a busy timeout) instead of failing, and this path takes it at the start of each
+transaction (`BEGIN IMMEDIATE`), so a transaction never reads a snapshot that another writer
+then makes stale. Only for a database in a file: a `:memory:` database is private to its
+connection, and the service then goes through the ORM as before.
 """
 
 from __future__ import annotations
@@ -123,7 +123,8 @@ def sqlite_file(url_database: str | None) -> bool:
 
 
 class SqliteHotPath:
-    """`store_message`, `seqs_for_user` and `messages_after` of app.db.hotpath, for SQLite."""
+    """app.db.hotpath's statements (`store_message`, `seqs_for_user`, `messages_after`,
+    `unread_for`) for SQLite, and `advance_read_mark`."""
 
     def __init__(
         self,
@@ -151,7 +152,7 @@ class SqliteHotPath:
         self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
         self._seqs_reader: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
-        self.transactions = 0  # committed store transactions (tests, diagnostics)
+        self.transactions = 0  # committed write transactions (tests, diagnostics)
         self.checkpoints = 0  # checkpoints run beside the writes
 
     # -- life ------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class SqliteHotPath:
             log.warning("[WS] storage unavailable: %s", exc)
             raise Unavailable("storage unavailable, retry later") from exc
 
-    # -- sends -----------------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------------------
 
     async def store_message(
         self, new: NewMessage, *, outbox_stream: str | None = None, outbox_event: bytes = b""
