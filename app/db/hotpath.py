@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -115,6 +115,76 @@ def fail_waiting(waiting: dict[str, list[asyncio.Future[dict[str, int]]]], exc: 
                 future.set_exception(exc)
 
 
+SeqRows = Iterable[Sequence[Any]]  # (user_id, group_id, last_seq) rows
+
+
+class UserSeqReads:
+    """{group_id: last_seq} of each user's groups, for every WebSocket auth.
+
+    Auths come in crowds (a reconnect storm after a deploy or a network blip): the users
+    asking while a read is in flight are read together in the next one, one statement for up
+    to SEQS_BATCH users. Each statement costs this process (and the database) more than its
+    rows do. `read(users)` runs one statement; both hot paths (Postgres, SQLite) use this.
+    """
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[SeqRows]]) -> None:
+        self._read = read
+        self._waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._reader is None and not self._waiting
+
+    async def ask(self, user_id: str) -> dict[str, int]:
+        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(user_id, []).append(future)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read_waiting())
+        return await future
+
+    async def close(self) -> None:
+        """Stop reading; whoever still waits gets Unavailable."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        # A reader cancelled before it ran never reaches its `finally`.
+        left, self._waiting = self._waiting, {}
+        fail_waiting(left, Unavailable("storage closed"))
+
+    async def _read_waiting(self) -> None:
+        try:
+            while self._waiting:
+                waiting = self._waiting
+                if len(waiting) <= SEQS_BATCH:
+                    self._waiting = {}
+                else:
+                    batch = list(waiting)[:SEQS_BATCH]
+                    waiting = {user_id: self._waiting.pop(user_id) for user_id in batch}
+                try:
+                    rows = await self._read(list(waiting))
+                except Exception as exc:
+                    fail_waiting(waiting, exc)
+                    continue
+                except BaseException:
+                    fail_waiting(waiting, Unavailable("storage closed"))
+                    raise
+                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
+                for row in rows:
+                    found[row[0]][row[1]] = row[2]
+                for user_id, futures in waiting.items():
+                    seqs = found[user_id]
+                    for i, future in enumerate(futures):
+                        if not future.done():
+                            future.set_result(seqs if i == 0 else dict(seqs))
+        finally:
+            self._reader = None
+            left, self._waiting = self._waiting, {}
+            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
+
+
 class DuplicateMessage(Exception):
     """(group, sender, client_msg_id) is stored already: an idempotent retry."""
 
@@ -146,9 +216,7 @@ class HotPath:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._pool: LeanPool | None = None
-        # seqs_for_user: the users waiting for the next read, and the task reading them.
-        self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
-        self._seqs_reader: asyncio.Task[None] | None = None
+        self._seqs = UserSeqReads(self._read_seqs)
 
     async def start(self) -> None:
         """Create the pool; connections open on first use, so a database that is down at
@@ -156,10 +224,7 @@ class HotPath:
         self._pool = LeanPool(self.dsn, size=self.size, connect_timeout=self.connect_timeout)
 
     async def close(self) -> None:
-        if self._seqs_reader is not None:
-            self._seqs_reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._seqs_reader
+        await self._seqs.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -192,49 +257,14 @@ class HotPath:
             raise Unavailable("storage unavailable, retry later") from exc
 
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
-        """{group_id: last_seq} of every group the user belongs to.
+        """{group_id: last_seq} of every group the user belongs to (reads batched:
+        `UserSeqReads`)."""
+        return await self._seqs.ask(user_id)
 
-        Every WebSocket auth asks this, and they come in crowds (a reconnect storm after a
-        deploy or a network blip): the users asking while a read is in flight are read
-        together in the next one, one statement for up to SEQS_BATCH users. Each statement
-        costs both this process and Postgres more than its rows do.
-        """
-        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-        self._seqs_waiting.setdefault(user_id, []).append(future)
-        if self._seqs_reader is None:
-            self._seqs_reader = asyncio.get_running_loop().create_task(self._read_seqs())
-        return await future
-
-    async def _read_seqs(self) -> None:
-        try:
-            while self._seqs_waiting:
-                waiting = self._seqs_waiting
-                if len(waiting) <= SEQS_BATCH:
-                    self._seqs_waiting = {}
-                else:
-                    batch = list(waiting)[:SEQS_BATCH]
-                    waiting = {user_id: self._seqs_waiting.pop(user_id) for user_id in batch}
-                try:
-                    async with self._connection() as connection:
-                        rows = await connection.fetch(SEQS_FOR_USERS, list(waiting))
-                except Exception as exc:
-                    fail_waiting(waiting, exc)
-                    continue
-                except BaseException:
-                    fail_waiting(waiting, Unavailable("storage closed"))
-                    raise
-                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
-                for row in rows:
-                    found[row[0]][row[1]] = row[2]
-                for user_id, futures in waiting.items():
-                    seqs = found[user_id]
-                    for i, future in enumerate(futures):
-                        if not future.done():
-                            future.set_result(seqs if i == 0 else dict(seqs))
-        finally:
-            self._seqs_reader = None
-            left, self._seqs_waiting = self._seqs_waiting, {}
-            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
+    async def _read_seqs(self, users: list[str]) -> SeqRows:
+        async with self._connection() as connection:
+            rows: SeqRows = await connection.fetch(SEQS_FOR_USERS, users)
+        return rows
 
     async def store_message(
         self, new: NewMessage, *, outbox_stream: str | None, outbox_event: bytes

@@ -8,7 +8,7 @@ queued behind one another: ~330 a second, p99 8 s at 500 offered.
 Here the sends and read marks that arrive while a transaction is being written wait for the
 next, and each transaction runs in this path's own thread in one hop: its statements (each
 caller's in a savepoint of its own), then one commit.
-Auth reads are batched the same way (one statement for up to SEQS_BATCH users); the
+Auth reads are batched as on Postgres (`UserSeqReads`); the
 replay and offline reads (`messages_after`, `unread_for`) run on the same thread. The log's
 checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run every second
 on a connection and thread of their own, not inside a commit that sends wait for.
@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Dialect
 
 from app.db.base import NewMessage, to_ms, utcnow
-from app.db.hotpath import DuplicateMessage, StoredRow, fail_waiting
+from app.db.hotpath import DuplicateMessage, SeqRows, StoredRow, UserSeqReads
 from app.db.models import Message
 from app.errors import Unavailable
 from app.schemas.events import message_fields
@@ -48,7 +48,6 @@ T = TypeVar("T")
 
 WRITE_BATCH = 500  # sends and read marks per transaction
 CHECKPOINT_EVERY = 1.0  # seconds between the checkpoints run beside the writes
-SEQS_BATCH = 500  # users per auth read (SQLite allows 32,766 parameters)
 
 # The group's next seq is taken by the statement that inserts the message, inside a write
 # transaction (only one at a time on SQLite): no gap, no duplicate. No row: the sender is not a
@@ -149,8 +148,7 @@ class SqliteHotPath:
         self._conn: sqlite3.Connection | None = None
         self._writes: list[_Write] = []
         self._writer: asyncio.Task[None] | None = None
-        self._seqs_waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
-        self._seqs_reader: asyncio.Task[None] | None = None
+        self._seqs = UserSeqReads(self._read_seqs)
         self._checkpointer: asyncio.Task[None] | None = None
         self.transactions = 0  # committed write transactions (tests, diagnostics)
         self.checkpoints = 0  # checkpoints run beside the writes
@@ -199,19 +197,18 @@ class SqliteHotPath:
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None  # new calls fail from here
-        for task in (self._writer, self._seqs_reader, self._checkpointer):
+        await self._seqs.close()
+        for task in (self._writer, self._checkpointer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._writer = self._seqs_reader = self._checkpointer = None
+        self._writer = self._checkpointer = None
         # A task cancelled before it ran never reaches its `finally`: answer its callers here.
         writes, self._writes = self._writes, []
         for write in writes:
             if not write.future.done():
                 write.future.set_exception(Unavailable("storage closed"))
-        waiting, self._seqs_waiting = self._seqs_waiting, {}
-        fail_waiting(waiting, Unavailable("storage closed"))
         if executor is None:
             return
         conn, self._conn = self._conn, None
@@ -368,41 +365,14 @@ class SqliteHotPath:
     # -- reads -----------------------------------------------------------------------------
 
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
-        """{group_id: last_seq} of every group the user belongs to; the users asking while a
-        read runs are read together in the next."""
+        """{group_id: last_seq} of every group the user belongs to (reads batched:
+        `UserSeqReads`)."""
         if self._executor is None:
             raise Unavailable("storage closed")
-        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-        self._seqs_waiting.setdefault(user_id, []).append(future)
-        if self._seqs_reader is None:
-            self._seqs_reader = asyncio.get_running_loop().create_task(self._read_seqs())
-        return await future
+        return await self._seqs.ask(user_id)
 
-    async def _read_seqs(self) -> None:
-        try:
-            while self._seqs_waiting:
-                users = list(self._seqs_waiting)[:SEQS_BATCH]
-                waiting = {user_id: self._seqs_waiting.pop(user_id) for user_id in users}
-                try:
-                    rows = await self._run(self._fetch_seqs, users)
-                except Exception as exc:
-                    fail_waiting(waiting, exc)
-                    continue
-                except BaseException:
-                    fail_waiting(waiting, Unavailable("storage closed"))
-                    raise
-                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
-                for user_id, group_id, last_seq in rows:
-                    found[user_id][group_id] = last_seq
-                for user_id, futures in waiting.items():
-                    for i, future in enumerate(futures):
-                        if not future.done():
-                            seqs = found[user_id]
-                            future.set_result(seqs if i == 0 else dict(seqs))
-        finally:
-            self._seqs_reader = None
-            left, self._seqs_waiting = self._seqs_waiting, {}
-            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
+    async def _read_seqs(self, users: list[str]) -> SeqRows:
+        return await self._run(self._fetch_seqs, users)
 
     def _fetch_seqs(self, users: list[str]) -> list[tuple[str, str, int]]:
         conn = self._conn

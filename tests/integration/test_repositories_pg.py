@@ -294,7 +294,7 @@ async def test_concurrent_auth_reads_share_statements(
     assert answers == [expected[user] for user in asked]
     assert answers[0] is not answers[-1], "a user asking twice gets two dicts"
     assert statements <= 3, statements
-    assert hot._seqs_reader is None and not hot._seqs_waiting
+    assert hot._seqs.idle
 
 
 async def test_a_failed_auth_read_fails_every_caller_and_the_next_reads_work(
@@ -317,7 +317,7 @@ async def test_a_failed_auth_read_fails_every_caller_and_the_next_reads_work(
     leaving.cancel()
     assert (await staying)[group_id] == 0
     assert leaving.cancelled()
-    assert hot._seqs_reader is None and not hot._seqs_waiting
+    assert hot._seqs.idle
 
 
 async def test_hot_path_refuses_non_members_and_stores_nothing(hot_ctx: ServiceContext) -> None:
