@@ -19,19 +19,16 @@ from app.db.base import NewMessage
 from app.db.hotpath import UNREAD, HotPath, asyncpg_dsn
 from app.db.models import Message, OutboxEntry
 from app.db.repositories.groups import GroupRepository
-from app.db.repositories.messages import MessageRepository
 from app.db.repositories.read_marks import ReadMarkRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import NotMember, Unavailable
 from app.schemas import events
 from app.services import chat, groups
-from app.services.chat import Sender, SendResult
 from app.services.context import ServiceContext
 from app.services.outbox import OutboxRelay, decode_entry
+from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, stored, take
 
 pytestmark = pytest.mark.postgres
-
-MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
 @pytest.fixture(params=["hotpath", "orm"])
@@ -58,32 +55,6 @@ async def ctx(
         await engine.dispose()
 
 
-async def new_group(ctx: ServiceContext) -> str:
-    group = await groups.create_group(ctx, owner_id="alice", name="load", member_ids=MEMBERS)
-    return str(group["group_id"])
-
-
-async def stored(ctx: ServiceContext, group_id: str) -> list[Message]:
-    async with ctx.session() as session:
-        rows = await session.scalars(
-            select(Message).where(Message.group_id == group_id).order_by(Message.seq)
-        )
-        return list(rows)
-
-
-async def send(
-    ctx: ServiceContext, group_id: str, user: str, text: str, client_id: str | None = None
-) -> SendResult:
-    return await chat.send_message(
-        ctx,
-        sender=Sender(user, user.title()),
-        group_id=group_id,
-        msg_type=1,
-        content=text,
-        client_msg_id=client_id,
-    )
-
-
 async def test_concurrent_sends_get_consecutive_seqs(ctx: ServiceContext) -> None:
     group_id = await new_group(ctx)
     events = ctx.bus.subscribe(ctx.settings.STREAM_MESSAGES)
@@ -99,13 +70,7 @@ async def test_concurrent_sends_get_consecutive_seqs(ctx: ServiceContext) -> Non
     assert all(by_id[r.ack["message_id"]] == r.ack["seq"] for r in results)
     last_seq = await groups.is_member(ctx, user_id="bob", group_id=group_id)
     assert last_seq == 50
-    published = []
-    async with asyncio.timeout(10):
-        async for event in events:
-            published.append(event.data["seq"])
-            if len(published) == 50:
-                break
-    assert sorted(published) == list(range(1, 51))
+    assert sorted(await take(events, 50, "seq")) == list(range(1, 51))
 
 
 async def test_concurrent_sends_to_two_groups_do_not_share_seqs(ctx: ServiceContext) -> None:
@@ -233,16 +198,7 @@ async def hot_ctx(pg_settings: Settings) -> AsyncIterator[ServiceContext]:
 async def test_hot_path_stores_what_the_orm_reads(hot_ctx: ServiceContext) -> None:
     ctx = hot_ctx
     assert ctx.hot is not None
-    group_id = await new_group(ctx)
-    acks = [
-        (await send(ctx, group_id, MEMBERS[n % 5], f"m{n} ünïcode", client_id=f"c{n}")).message
-        for n in range(6)
-    ]
-    assert [m["seq"] for m in acks] == list(range(1, 7))
-    # What the ORM (REST history) reads is what the send answered, to the millisecond.
-    async with ctx.session() as session:
-        rows = await MessageRepository(session).after_seq(group_id=group_id, after_seq=0, limit=10)
-    assert [events.message_data(m) for m in rows] == acks
+    group_id, acks = await sent_and_read_back(ctx)
     # Replays and gap fills (the hot path's read) give the same frames.
     assert await ctx.hot.messages_after(group_id, 2, 3) == acks[2:5]
     assert await ctx.hot.messages_after(group_id, 6, 10) == []
@@ -272,7 +228,7 @@ async def test_concurrent_auth_reads_share_statements(
     in no group) take a few statements, and each caller gets its own user's groups."""
     ctx = hot_ctx
     hot = ctx.hot
-    assert hot is not None
+    assert isinstance(hot, HotPath)
     users = [f"u{uuid.uuid4().hex[:6]}-{i}" for i in range(300)]
     made = [
         await groups.create_group(ctx, owner_id="alice", name="g", member_ids=users[i : i + 2])
@@ -301,7 +257,7 @@ async def test_a_failed_auth_read_fails_every_caller_and_the_next_reads_work(
     hot_ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hot = hot_ctx.hot
-    assert hot is not None
+    assert isinstance(hot, HotPath)
     group_id = await new_group(hot_ctx)
     pool = hot._pool
     hot._pool = None  # as before start(): every statement answers Unavailable

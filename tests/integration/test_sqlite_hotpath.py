@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
 from app.bus.memory import InMemoryBus
 from app.config import Settings
 from app.db.base import NewMessage
 from app.db.migrate import upgrade_async
-from app.db.models import Message
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -30,11 +28,10 @@ from app.errors import NotMember, Unavailable
 from app.main import create_app
 from app.schemas import events
 from app.services import chat, groups
-from app.services.chat import Sender, SendResult
+from app.services.chat import SendResult
 from app.services.context import ServiceContext
+from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, stored, take
 from tests.support.tokens import SECRET, bearer, token
-
-MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
 
 
 async def context(
@@ -70,32 +67,6 @@ def hot(ctx: ServiceContext) -> SqliteHotPath:
     return ctx.hot
 
 
-async def new_group(ctx: ServiceContext, members: list[str] = MEMBERS) -> str:
-    group = await groups.create_group(ctx, owner_id=members[0], name="load", member_ids=members)
-    return str(group["group_id"])
-
-
-async def stored(ctx: ServiceContext, group_id: str) -> list[Message]:
-    async with ctx.session() as session:
-        rows = await session.scalars(
-            select(Message).where(Message.group_id == group_id).order_by(Message.seq)
-        )
-        return list(rows)
-
-
-async def send(
-    ctx: ServiceContext, group_id: str, user: str, text: str, client_id: str | None = None
-) -> SendResult:
-    return await chat.send_message(
-        ctx,
-        sender=Sender(user, user.title()),
-        group_id=group_id,
-        msg_type=1,
-        content=text,
-        client_msg_id=client_id,
-    )
-
-
 async def test_sends_arriving_together_share_a_commit_and_get_consecutive_seqs(
     ctx: ServiceContext,
 ) -> None:
@@ -112,25 +83,11 @@ async def test_sends_arriving_together_share_a_commit_and_get_consecutive_seqs(
     by_id = {m.id: (m.seq, m.content) for m in rows}
     assert all(by_id[r.ack["message_id"]] == (r.ack["seq"], r.message["content"]) for r in results)
     assert await groups.is_member(ctx, user_id="bob", group_id=group_id) == 200
-    seqs = []
-    async with asyncio.timeout(10):
-        async for event in published:
-            seqs.append(event.data["seq"])
-            if len(seqs) == 200:
-                break
-    assert sorted(seqs) == list(range(1, 201))
+    assert sorted(await take(published, 200, "seq")) == list(range(1, 201))
 
 
 async def test_what_the_orm_reads_is_what_the_send_answered(ctx: ServiceContext) -> None:
-    group_id = await new_group(ctx)
-    acks = [
-        (await send(ctx, group_id, MEMBERS[n % 5], f"m{n} ünïcode", client_id=f"c{n}")).message
-        for n in range(6)
-    ]
-    assert [m["seq"] for m in acks] == list(range(1, 7))
-    async with ctx.session() as session:
-        rows = await MessageRepository(session).after_seq(group_id=group_id, after_seq=0, limit=10)
-    assert [events.message_data(m) for m in rows] == acks  # created_at to the millisecond
+    group_id, acks = await sent_and_read_back(ctx)
     assert await hot(ctx).messages_after(group_id, 2, 3) == acks[2:5]
     assert await hot(ctx).messages_after(group_id, 6, 10) == []
 
@@ -248,13 +205,8 @@ async def test_read_marks_clamp_never_go_back_and_announce_only_moves(
     async with ctx.session() as session:
         assert await ReadMarkRepository(session).get(user_id="bob", group_id=group_id) == 3
         assert await ReadMarkRepository(session).get(user_id="mallory", group_id=group_id) == 0
-    seen = []
-    async with asyncio.timeout(5):
-        async for event in updates:
-            seen.append(event.data["last_read_seq"])
-            if len(seen) == 2:
-                break
-    assert seen == [2, 3]  # one update per move, none for the calls that moved nothing
+    # One update per move, none for the calls that moved nothing.
+    assert await take(updates, 2, "last_read_seq") == [2, 3]
 
 
 async def test_read_marks_and_sends_in_one_batch_keep_their_order(ctx: ServiceContext) -> None:
