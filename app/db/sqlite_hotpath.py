@@ -34,6 +34,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy.engine import Dialect
 
 from app.db.base import NewMessage, to_ms, utcnow
@@ -61,6 +62,7 @@ WHERE g.id = ?9 AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?9 AND 
 RETURNING seq
 """
 TAKE_SEQ = "UPDATE groups SET last_seq = ? WHERE id = ?"
+INSERT_OUTBOX = "INSERT INTO outbox (stream, payload, created_at) VALUES (?, ?, ?)"
 # The unique constraint a retry with the same client id runs into (SQLite names its columns).
 CLIENT_ID_CONFLICT = "messages.client_msg_id"
 
@@ -233,19 +235,28 @@ class SqliteHotPath:
     ) -> StoredRow | None:
         """Store a message with the group's next seq; None when the sender is not a member.
 
+        With `outbox_stream` (SQLite beside a Redis bus), `outbox_event` (an encoded bus
+        event) goes to the outbox in the same savepoint, its d.seq and d.created_at filled in.
+
         Raises DuplicateMessage when (group, sender, client_msg_id) exists already, and
         Unavailable when the transaction could not be written (nothing of it is stored).
-        There is no outbox in embedded mode (its bus cannot be down): `outbox_*` must be unset.
         """
-        if outbox_stream is not None:
-            raise ValueError("embedded mode has no outbox")
         if self._executor is None:
             raise Unavailable("storage closed")
-        stored: StoredRow | None = await self._write(partial(self._store, new))
+        stored: StoredRow | None = await self._write(
+            partial(self._store, new, outbox_stream, outbox_event)
+        )
         return stored
 
-    def _store(self, new: NewMessage, conn: sqlite3.Connection) -> StoredRow | None:
+    def _store(
+        self,
+        new: NewMessage,
+        outbox_stream: str | None,
+        outbox_event: bytes,
+        conn: sqlite3.Connection,
+    ) -> StoredRow | None:
         created_at = utcnow()
+        stored_at = self._bind_time(created_at)
         try:
             row = conn.execute(
                 INSERT_MESSAGE,
@@ -257,7 +268,7 @@ class SqliteHotPath:
                     new.content,
                     new.image_url,
                     new.client_msg_id,
-                    self._bind_time(created_at),
+                    stored_at,
                     new.group_id,
                 ),
             ).fetchone()
@@ -267,8 +278,15 @@ class SqliteHotPath:
             raise
         if row is None:
             return None
-        conn.execute(TAKE_SEQ, (row[0], new.group_id))
-        return StoredRow(seq=row[0], created_ms=to_ms(created_at), outbox_id=None)
+        seq, created_ms = row[0], to_ms(created_at)
+        conn.execute(TAKE_SEQ, (seq, new.group_id))
+        outbox_id = None
+        if outbox_stream is not None:
+            entry = orjson.loads(outbox_event)
+            entry["d"]["seq"], entry["d"]["created_at"] = seq, created_ms
+            payload = orjson.dumps(entry)
+            outbox_id = conn.execute(INSERT_OUTBOX, (outbox_stream, payload, stored_at)).lastrowid
+        return StoredRow(seq=seq, created_ms=created_ms, outbox_id=outbox_id)
 
     async def advance_read_mark(
         self, user_id: str, group_id: str, seq: int

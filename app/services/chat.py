@@ -210,7 +210,8 @@ async def mark_read(
 
     Publishes a read update for the user's other connections when the mark moved.
     """
-    if isinstance(ctx.hot, SqliteHotPath):  # embedded: in the next write transaction
+    if isinstance(ctx.hot, SqliteHotPath) and ctx.outbox is None:
+        # Embedded (no outbox to stage the update in): in the path's next write transaction.
         moved = await ctx.hot.advance_read_mark(user_id, group_id, seq)
         if moved is None:
             raise NotMember()

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from app.bus.memory import InMemoryBus
 from app.config import Settings
 from app.db.base import NewMessage
 from app.db.migrate import upgrade_async
+from app.db.models import OutboxEntry
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
@@ -30,6 +32,7 @@ from app.schemas import events
 from app.services import chat, groups
 from app.services.chat import SendResult
 from app.services.context import ServiceContext
+from app.services.outbox import OutboxRelay, decode_entry
 from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, stored, take
 from tests.support.tokens import SECRET, bearer, token
 
@@ -424,3 +427,51 @@ def test_embedded_service_stores_and_authenticates_through_the_hot_path(
         )
         assert marked.status_code == 200 and marked.json()["last_read_seq"] == 1
     assert calls == ["write", "seqs", "write"]
+
+
+async def test_beside_a_redis_bus_each_send_stores_its_outbox_entry(tmp_path: Path) -> None:
+    """SQLite with REDIS_URL set: the outbox is on, and the path stores each message's entry
+    in the same transaction, seq and created_at filled in (a retry stores none); read marks
+    then stage theirs through the engine."""
+    ctx, engine = await context(tmp_path / "outbox.db")
+    ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)  # not running: entries stay to be read
+    try:
+        group_id, acks = await sent_and_read_back(ctx)
+        again = await send(ctx, group_id, "alice", "m0 ünïcode", client_id="c0")
+        assert not again.created
+        await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2)
+        async with ctx.session() as session:
+            entries = list(await session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)))
+        sent = [
+            decode_entry(e.payload) for e in entries if e.stream == ctx.settings.STREAM_MESSAGES
+        ]
+        assert [(e.kind, e.data) for e in sent] == [(events.MESSAGE, m) for m in acks]
+        announced = [decode_entry(e.payload) for e in entries]
+        reads = [e.data for e in announced if e.kind == events.READ]
+        assert [(r["user_id"], r["last_read_seq"]) for r in reads] == [("bob", 2)]
+    finally:
+        await ctx.bus.disconnect()
+        await hot(ctx).close()
+        await engine.dispose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.redis
+def test_sqlite_with_redis_sends_and_marks_through_rest(settings: Settings, redis_url: str) -> None:
+    with TestClient(create_app(settings.model_copy(update={"REDIS_URL": redis_url}))) as client:
+        created = client.post(
+            "/api/v1/groups", json={"name": "g", "member_ids": ["bob"]}, headers=bearer("alice")
+        )
+        group_id = created.json()["group_id"]
+        for n in range(3):
+            sent = client.post(
+                f"/api/v1/groups/{group_id}/messages",
+                json={"msg_type": 1, "content": f"m{n}"},
+                headers=bearer("alice"),
+            )
+            assert sent.status_code == 201 and sent.json()["seq"] == n + 1, sent.text
+        marked = client.post(
+            f"/api/v1/groups/{group_id}/read", json={"seq": 2}, headers=bearer("bob")
+        )
+        assert marked.status_code == 200 and marked.json()["last_read_seq"] == 2
+        offline = client.get("/api/v1/messages/offline", headers=bearer("bob"))
+        assert [m["seq"] for m in offline.json()["items"]] == [3]
