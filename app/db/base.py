@@ -68,3 +68,17 @@ class NewMessage:
     content: str
     image_url: str
     client_msg_id: str | None
+
+    def columns(self) -> tuple[str, str, str, str, int, str, str, str | None]:
+        """id, group_id, sender_id, sender_name, msg_type, content, image_url, client_msg_id:
+        the first eight parameters of both hot paths' storing statements."""
+        return (
+            self.id,
+            self.group_id,
+            self.sender_id,
+            self.sender_name,
+            self.msg_type,
+            self.content,
+            self.image_url,
+            self.client_msg_id,
+        )

@@ -280,14 +280,7 @@ class HotPath:
             async with self._connection() as connection:
                 row = await connection.fetchrow(
                     STORE_MESSAGE,
-                    new.id,
-                    new.group_id,
-                    new.sender_id,
-                    new.sender_name,
-                    new.msg_type,
-                    new.content,
-                    new.image_url,
-                    new.client_msg_id,
+                    *new.columns(),
                     outbox_event.decode() if outbox_stream is not None else "{}",
                     outbox_stream,
                 )

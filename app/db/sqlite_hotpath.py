@@ -57,8 +57,8 @@ CHECKPOINT_EVERY = 1.0  # seconds between the checkpoints run beside the writes
 INSERT_MESSAGE = """
 INSERT INTO messages (id, group_id, seq, sender_id, sender_name, msg_type, content,
                       image_url, client_msg_id, created_at)
-SELECT ?1, g.id, g.last_seq + 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM groups g
-WHERE g.id = ?9 AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?9 AND user_id = ?2)
+SELECT ?1, g.id, g.last_seq + 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM groups g
+WHERE g.id = ?2 AND EXISTS (SELECT 1 FROM group_members WHERE group_id = ?2 AND user_id = ?3)
 RETURNING seq
 """
 TAKE_SEQ = "UPDATE groups SET last_seq = ? WHERE id = ?"
@@ -258,20 +258,7 @@ class SqliteHotPath:
         created_at = utcnow()
         stored_at = self._bind_time(created_at)
         try:
-            row = conn.execute(
-                INSERT_MESSAGE,
-                (
-                    new.id,
-                    new.sender_id,
-                    new.sender_name,
-                    new.msg_type,
-                    new.content,
-                    new.image_url,
-                    new.client_msg_id,
-                    stored_at,
-                    new.group_id,
-                ),
-            ).fetchone()
+            row = conn.execute(INSERT_MESSAGE, (*new.columns(), stored_at)).fetchone()
         except sqlite3.IntegrityError as exc:
             if new.client_msg_id is not None and CLIENT_ID_CONFLICT in str(exc):
                 raise DuplicateMessage() from exc
