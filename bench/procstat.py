@@ -58,6 +58,31 @@ def machine_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
+def parse_pressure(text: str) -> int:
+    """Microseconds in which some task waited (the `some ... total=` line of a
+    /proc/pressure file: Linux's pressure stall information)."""
+    for line in text.splitlines():
+        if line.startswith("some "):
+            for field in line.split()[1:]:
+                key, _, value = field.partition("=")
+                if key == "total":
+                    return int(value)
+    raise ValueError(f"no 'some' total in {text!r}")
+
+
+def pressure_totals() -> dict[str, int] | None:
+    """{"io": µs, "cpu": µs} of stall since boot (some task waiting for the disk, or for a
+    CPU), or None where the kernel does not report pressure."""
+    out: dict[str, int] = {}
+    for resource_name in ("io", "cpu"):
+        try:
+            with open(f"/proc/pressure/{resource_name}") as f:
+                out[resource_name] = parse_pressure(f.read())
+        except (OSError, ValueError):
+            return None
+    return out
+
+
 SIDE_PROCESSES = (b"postgres", b"redis-server")
 
 
@@ -90,6 +115,7 @@ class CpuWindow:
         self._c0 = {k: cpu_times(p) for k, p in self.pids.items()}
         self._m0 = machine_ticks()
         self._side0 = side_cpu()
+        self._p0 = pressure_totals()
 
     def stop(self) -> dict[str, float | None]:
         wall = os.times().elapsed - self._t0
@@ -108,6 +134,14 @@ class CpuWindow:
         busy1, total1 = machine_ticks()
         dbusy, dtotal = busy1 - self._m0[0], total1 - self._m0[1]
         out["machine_busy_pct"] = 100 * dbusy / dtotal if dtotal > 0 else None
+        # Share of the window in which some task on the machine waited for the disk (a slow
+        # sync holds every commit behind it) or for a CPU.
+        p0, p1 = self._p0, pressure_totals()
+        for name in ("io", "cpu"):
+            stalled = p1[name] - p0[name] if p0 is not None and p1 is not None else None
+            out[f"{name}_pressure_pct"] = (
+                100 * stalled / (wall * 1e6) if stalled is not None and wall > 0 else None
+            )
         return out
 
 

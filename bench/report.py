@@ -282,7 +282,8 @@ def _integrity_rows(results: dict[str, Any], variant: str) -> list[str]:
             f"{ooo} | {close_text} | {server_err} | {log_lines} | {med('server_cpu_pct')}"
             f"{kernel_share} | "
             f"{med('generator_cpu_pct')} / {med('generator_cpu_pct_max_worker')} | "
-            f"{med('postgres_redis_cpu_pct')} | {med('machine_busy_pct')} |"
+            f"{med('postgres_redis_cpu_pct')} | {med('machine_busy_pct')} | "
+            f"{med('io_pressure_pct')} / {med('cpu_pressure_pct')} |"
         )
     return rows
 
@@ -445,9 +446,10 @@ def write_docs(
         w(
             "| target | runs | lost | duplicated | out of order | server closes | error "
             "frames | log warnings | server CPU % (share in the kernel) | generator CPU % (all / "
-            "busiest process) | Postgres + Redis CPU % | machine busy % |"
+            "busiest process) | Postgres + Redis CPU % | machine busy % | stalled on I/O / "
+            "CPU % |"
         )
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         out.extend(_integrity_rows(results, variant))
         w("")
         for key in (f"cdf:{variant}",):
@@ -565,7 +567,11 @@ def write_docs(
         "from `/proc/stat` over all cores, which includes everything else running on the "
         "machine. Postgres + Redis CPU: every `postgres` and `redis-server` process on the "
         "machine over the same window (they are shared, so others' use is included). RSS "
-        "from `/proc/<pid>/status`."
+        "from `/proc/<pid>/status`. Stalled on I/O / CPU %: the share of the window in which "
+        "some task on the machine waited for the disk / for a CPU (Linux's pressure stall "
+        "information, `/proc/pressure/io` and `cpu`, `some` totals; – where the kernel has "
+        "none or the run predates the column): a run whose I/O figure is high had commits "
+        "waiting for a slow sync."
     )
     w(
         "- Limits raised on the service for load: "

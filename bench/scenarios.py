@@ -175,6 +175,10 @@ def cpu_pids(servers: list[Server], pool: WorkerPool) -> dict[str, int]:
     return pids
 
 
+def _rounded(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
 def cpu_metrics(raw: dict[str, float | None], n_servers: int, n_workers: int) -> dict[str, Any]:
     servers = [raw.get(f"server{i}") or 0.0 for i in range(n_servers)]
     kernel = sum(raw.get(f"server{i}_kernel") or 0.0 for i in range(n_servers))
@@ -189,6 +193,8 @@ def cpu_metrics(raw: dict[str, float | None], n_servers: int, n_workers: int) ->
         "generator_cpu_pct_max_worker": round(max(workers), 1) if workers else 0.0,
         "machine_busy_pct": round(raw.get("machine_busy_pct") or 0.0, 1),
         "postgres_redis_cpu_pct": round(raw.get("postgres_redis_pct") or 0.0, 1),
+        "io_pressure_pct": _rounded(raw.get("io_pressure_pct")),
+        "cpu_pressure_pct": _rounded(raw.get("cpu_pressure_pct")),
         "window_s": raw.get("wall_s"),
     }
 
@@ -551,6 +557,9 @@ async def cluster(
     for key in ("server_cpu_pct", "generator_cpu_pct", "generator_cpu_pct_max_worker"):
         metrics[key] = max(m1.get(key, 0), m2.get(key, 0))
     metrics["machine_busy_pct"] = max(m1["machine_busy_pct"], m2["machine_busy_pct"])
+    for key in ("io_pressure_pct", "cpu_pressure_pct"):
+        found = [v for v in (m1.get(key), m2.get(key)) if v is not None]
+        metrics[key] = max(found) if found else None
     metrics["single"] = {k: v for k, v in m1.items() if not isinstance(v, dict | list)}
     metrics["split"] = {k: v for k, v in m2.items() if not isinstance(v, dict | list)}
     metrics["unexpected_closes"] = {**m1["unexpected_closes"], **m2["unexpected_closes"]}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.procstat import CpuWindow, cpu_times, process_cpus
+from bench.procstat import CpuWindow, cpu_times, parse_pressure, pressure_totals, process_cpus
 from bench.scenarios import cpu_metrics
 
 # Each child spins until it has used 0.4 s of CPU, says so, and waits for its stdin to close:
@@ -91,3 +91,34 @@ def test_process_cpus_reads_every_thread_back() -> None:
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def test_pressure_totals_are_read_from_the_some_line() -> None:
+    text = (
+        "some avg10=19.07 avg60=7.01 avg300=5.04 total=215023062\n"
+        "full avg10=14.90 avg60=5.52 avg300=4.34 total=177452165\n"
+    )
+    assert parse_pressure(text) == 215023062
+    with pytest.raises(ValueError):
+        parse_pressure("full avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
+
+
+def test_more_busy_processes_than_cores_show_as_cpu_pressure() -> None:
+    """Three more spinning children than the machine has cores: tasks wait for a CPU most of
+    the window, and the window says so (where the kernel reports pressure at all)."""
+    spin = "import time\nwhile time.process_time() < 0.6:\n    pass\n"
+    window = CpuWindow({})
+    window.start()
+    children = [
+        subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) + 3)
+    ]
+    for child in children:
+        child.wait(timeout=60)
+    metrics = cpu_metrics(window.stop(), 0, 0)
+    if pressure_totals() is None:
+        assert metrics["cpu_pressure_pct"] is None and metrics["io_pressure_pct"] is None
+        return
+    assert isinstance(metrics["cpu_pressure_pct"], float)
+    assert isinstance(metrics["io_pressure_pct"], float)
+    assert metrics["cpu_pressure_pct"] > 20
+    assert 0 <= metrics["io_pressure_pct"] <= 100
