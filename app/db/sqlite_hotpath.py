@@ -208,9 +208,7 @@ class SqliteHotPath:
         self._writer = self._checkpointer = None
         # A task cancelled before it ran never reaches its `finally`: answer its callers here.
         writes, self._writes = self._writes, []
-        for write in writes:
-            if not write.future.done():
-                write.future.set_exception(Unavailable("storage closed"))
+        _fail_writes(writes, Unavailable("storage closed"))
         if executor is None:
             return
         conn, self._conn = self._conn, None
@@ -241,8 +239,6 @@ class SqliteHotPath:
         Raises DuplicateMessage when (group, sender, client_msg_id) exists already, and
         Unavailable when the transaction could not be written (nothing of it is stored).
         """
-        if self._executor is None:
-            raise Unavailable("storage closed")
         stored: StoredRow | None = await self._write(
             partial(self._store, new, outbox_stream, outbox_event)
         )
@@ -280,8 +276,6 @@ class SqliteHotPath:
     ) -> tuple[int, int] | None:
         """Raise the user's read mark towards `seq`, clamped to the group's last seq and never
         backwards: (the mark before, the mark now), or None when the user is not a member."""
-        if self._executor is None:
-            raise Unavailable("storage closed")
         moved: tuple[int, int] | None = await self._write(
             partial(self._advance, user_id, group_id, seq)
         )
@@ -315,14 +309,10 @@ class SqliteHotPath:
                 try:
                     results = await self._run(self._transaction, [w.run for w in batch])
                 except Exception as exc:
-                    for write in batch:
-                        if not write.future.done():
-                            write.future.set_exception(exc)
+                    _fail_writes(batch, exc)
                     continue
                 except BaseException:
-                    for write in batch:
-                        if not write.future.done():
-                            write.future.set_exception(Unavailable("storage closed"))
+                    _fail_writes(batch, Unavailable("storage closed"))
                     raise
                 for write, (ok, result) in zip(batch, results, strict=True):
                     if write.future.done():
@@ -334,9 +324,7 @@ class SqliteHotPath:
         finally:
             self._writer = None
             left, self._writes = self._writes, []
-            for write in left:  # only when cancelled (close)
-                if not write.future.done():
-                    write.future.set_exception(Unavailable("storage closed"))
+            _fail_writes(left, Unavailable("storage closed"))  # only when cancelled (close)
 
     def _transaction(
         self, batch: list[Callable[[sqlite3.Connection], Any]]
@@ -345,9 +333,7 @@ class SqliteHotPath:
         the exception) for each. Each runs in a savepoint, so one that fails (a retry, a
         non-member) leaves nothing of its own and the others stored; an error of the
         transaction (the lock, the disk) fails them all, and nothing is stored."""
-        conn = self._conn
-        if conn is None:
-            raise Unavailable("storage closed")
+        conn = self._connection()
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -372,19 +358,12 @@ class SqliteHotPath:
     async def seqs_for_user(self, user_id: str) -> dict[str, int]:
         """{group_id: last_seq} of every group the user belongs to (reads batched:
         `UserSeqReads`)."""
-        if self._executor is None:
-            raise Unavailable("storage closed")
         return await self._seqs.ask(user_id)
 
     async def _read_seqs(self, users: list[str]) -> SeqRows:
-        return await self._run(self._fetch_seqs, users)
-
-    def _fetch_seqs(self, users: list[str]) -> list[tuple[str, str, int]]:
-        conn = self._conn
-        if conn is None:
-            raise Unavailable("storage closed")
+        """One statement for a batch of `UserSeqReads` (at most hotpath.SEQS_BATCH users)."""
         sql = SEQS_FOR_USERS.format(marks=", ".join("?" * len(users)))
-        return conn.execute(sql, users).fetchall()
+        return await self._run(self._fetch, sql, tuple(users))
 
     async def messages_after(
         self, group_id: str, after_seq: int, limit: int
@@ -418,14 +397,22 @@ class SqliteHotPath:
         return found
 
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        conn = self._conn
-        if conn is None:
+        return self._connection().execute(sql, params).fetchall()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
             raise Unavailable("storage closed")
-        return conn.execute(sql, params).fetchall()
+        return self._conn
 
 
-def _checkpoint_once(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    """(busy, frames in the log, frames copied); read to the end, so the statement holds no
+def _checkpoint_once(conn: sqlite3.Connection) -> None:
+    """One passive checkpoint, its result row read to the end, so the statement holds no
     read transaction that would keep writers from starting the log over."""
-    rows = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    return (rows[0][0], rows[0][1], rows[0][2])
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _fail_writes(writes: list[_Write], exc: BaseException) -> None:
+    """Answer every caller in `writes` not answered yet with `exc`."""
+    for write in writes:
+        if not write.future.done():
+            write.future.set_exception(exc)

@@ -37,9 +37,11 @@ from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, sto
 from tests.support.tokens import SECRET, bearer, token
 
 
-async def context(
+@contextlib.asynccontextmanager
+async def embedded(
     path: Path, *, busy_timeout: float = 30.0, checkpoint_every: float = 1.0
-) -> tuple[ServiceContext, object]:
+) -> AsyncIterator[ServiceContext]:
+    """Embedded mode's storage on a migrated SQLite file: the engine, the path, the bus."""
     settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)
     await upgrade_async(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -49,20 +51,20 @@ async def context(
     await hot.start()
     bus = InMemoryBus()
     await bus.connect()
-    ctx = ServiceContext(settings=settings, sessions=make_sessionmaker(engine), bus=bus, hot=hot)
-    return ctx, engine
+    try:
+        yield ServiceContext(
+            settings=settings, sessions=make_sessionmaker(engine), bus=bus, hot=hot
+        )
+    finally:
+        await bus.disconnect()
+        await hot.close()  # again after a test closed it: nothing to do
+        await engine.dispose()
 
 
 @pytest.fixture
 async def ctx(tmp_path: Path) -> AsyncIterator[ServiceContext]:
-    ctx, engine = await context(tmp_path / "hot.db")
-    try:
+    async with embedded(tmp_path / "hot.db") as ctx:
         yield ctx
-    finally:
-        await ctx.bus.disconnect()
-        assert isinstance(ctx.hot, SqliteHotPath)
-        await ctx.hot.close()
-        await engine.dispose()  # type: ignore[attr-defined]
 
 
 def hot(ctx: ServiceContext) -> SqliteHotPath:
@@ -237,13 +239,14 @@ async def test_auth_reads_match_the_orm_and_share_statements(
     assert expected == {first: 0, second: 1}
     path = hot(ctx)
     statements: list[int] = []
-    fetch = path._fetch_seqs
+    fetch = path._fetch
 
-    def counted(users: list[str]) -> list[tuple[str, str, int]]:
-        statements.append(len(users))
-        return fetch(users)
+    def counted(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        if "m.user_id IN" in sql:  # the auth group read
+            statements.append(len(params))
+        return fetch(sql, params)
 
-    monkeypatch.setattr(path, "_fetch_seqs", counted)
+    monkeypatch.setattr(path, "_fetch", counted)
     users = ["bob", "nobody", *MEMBERS] * 40  # 280 asks, 6 distinct users
     found = await asyncio.gather(*(groups.group_seqs(ctx, user_id=u) for u in users))
     assert len(statements) <= 2 and sum(statements) <= 12
@@ -276,8 +279,7 @@ async def test_engine_writes_beside_the_hot_path_neither_fails(ctx: ServiceConte
 async def test_a_locked_database_fails_the_batch_and_the_next_one_stores(
     tmp_path: Path,
 ) -> None:
-    ctx, engine = await context(tmp_path / "locked.db", busy_timeout=0.2)
-    try:
+    async with embedded(tmp_path / "locked.db", busy_timeout=0.2) as ctx:
         group_id = await new_group(ctx)
         blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another writer that does not let go
@@ -292,42 +294,6 @@ async def test_a_locked_database_fails_the_batch_and_the_next_one_stores(
         assert await stored(ctx, group_id) == []
         after = await send(ctx, group_id, "alice", "after")
         assert after.ack["seq"] == 1  # the failed batch spent no seq
-    finally:
-        await ctx.bus.disconnect()
-        await hot(ctx).close()
-        await engine.dispose()  # type: ignore[attr-defined]
-
-
-async def test_close_answers_the_sends_still_waiting(tmp_path: Path) -> None:
-    ctx, engine = await context(tmp_path / "closing.db")
-    group_id = await new_group(ctx)
-    path = hot(ctx)
-    pending = [
-        asyncio.ensure_future(
-            path.store_message(
-                NewMessage(
-                    id=f"00000000-0000-0000-0000-{n:012d}",
-                    group_id=group_id,
-                    sender_id="alice",
-                    sender_name="Alice",
-                    msg_type=1,
-                    content=str(n),
-                    image_url="",
-                    client_msg_id=None,
-                )
-            )
-        )
-        for n in range(5)
-    ]
-    await asyncio.sleep(0)  # the sends are queued and the writer has started
-    await path.close()
-    async with asyncio.timeout(5):
-        results = await asyncio.gather(*pending, return_exceptions=True)
-    assert all(isinstance(r, Unavailable) for r in results)
-    with pytest.raises(Unavailable):
-        await path.seqs_for_user("alice")
-    await ctx.bus.disconnect()
-    await engine.dispose()  # type: ignore[attr-defined]
 
 
 def message(group_id: str, n: int, content: str) -> NewMessage:
@@ -343,6 +309,23 @@ def message(group_id: str, n: int, content: str) -> NewMessage:
     )
 
 
+async def test_close_answers_the_sends_still_waiting(tmp_path: Path) -> None:
+    async with embedded(tmp_path / "closing.db") as ctx:
+        group_id = await new_group(ctx)
+        path = hot(ctx)
+        pending = [
+            asyncio.ensure_future(path.store_message(message(group_id, n, str(n))))
+            for n in range(5)
+        ]
+        await asyncio.sleep(0)  # the sends are queued and the writer has started
+        await path.close()
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results)
+        with pytest.raises(Unavailable):
+            await path.seqs_for_user("alice")
+
+
 def in_main_file(path: Path, copy: Path) -> int:
     """Messages in the database file itself, without its write-ahead log: what checkpoints
     have copied there."""
@@ -356,20 +339,14 @@ async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> 
     # (~1,600 pages, past SQLite's automatic checkpoint at 1,000) stay in the log: no commit
     # copied them into the database file.
     path = tmp_path / "wal.db"
-    ctx, engine = await context(path, checkpoint_every=3600)
-    try:
+    async with embedded(path, checkpoint_every=3600) as ctx:
         group_id = await new_group(ctx)
         await asyncio.gather(
             *(hot(ctx).store_message(message(group_id, n, "x" * 4000)) for n in range(1500))
         )
         assert in_main_file(path, tmp_path / "copy1.db") == 0
-    finally:
-        await ctx.bus.disconnect()
-        await hot(ctx).close()
-        await engine.dispose()  # type: ignore[attr-defined]
     # With it, the checkpoints run beside the writes and copy them.
-    ctx, engine = await context(path, checkpoint_every=0.05)
-    try:
+    async with embedded(path, checkpoint_every=0.05) as ctx:
         group_id = await new_group(ctx)
         await asyncio.gather(
             *(hot(ctx).store_message(message(group_id, 10_000 + n, "y")) for n in range(50))
@@ -379,10 +356,6 @@ async def test_commits_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> 
             while hot(ctx).checkpoints < start + 2:  # one that began after the last commit
                 await asyncio.sleep(0.05)
         assert in_main_file(path, tmp_path / "copy2.db") == 1550
-    finally:
-        await ctx.bus.disconnect()
-        await hot(ctx).close()
-        await engine.dispose()  # type: ignore[attr-defined]
 
 
 def test_only_a_database_in_a_file_takes_the_hot_path() -> None:
@@ -395,18 +368,18 @@ def test_embedded_service_stores_and_authenticates_through_the_hot_path(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    transaction, fetch = SqliteHotPath._transaction, SqliteHotPath._fetch_seqs
+    transaction, read_seqs = SqliteHotPath._transaction, SqliteHotPath._read_seqs
 
     def counted_write(self: SqliteHotPath, batch: list[Any]) -> list[tuple[bool, Any]]:
         calls.append("write")
         return transaction(self, batch)
 
-    def counted_fetch(self: SqliteHotPath, users: list[str]) -> list[tuple[str, str, int]]:
+    async def counted_read(self: SqliteHotPath, users: list[str]) -> Any:
         calls.append("seqs")
-        return fetch(self, users)
+        return await read_seqs(self, users)
 
     monkeypatch.setattr(SqliteHotPath, "_transaction", counted_write)
-    monkeypatch.setattr(SqliteHotPath, "_fetch_seqs", counted_fetch)
+    monkeypatch.setattr(SqliteHotPath, "_read_seqs", counted_read)
     with TestClient(create_app(settings)) as client:
         created = client.post(
             "/api/v1/groups", json={"name": "g", "member_ids": ["bob"]}, headers=bearer("alice")
@@ -433,9 +406,8 @@ async def test_beside_a_redis_bus_each_send_stores_its_outbox_entry(tmp_path: Pa
     """SQLite with REDIS_URL set: the outbox is on, and the path stores each message's entry
     in the same transaction, seq and created_at filled in (a retry stores none); read marks
     then stage theirs through the engine."""
-    ctx, engine = await context(tmp_path / "outbox.db")
-    ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)  # not running: entries stay to be read
-    try:
+    async with embedded(tmp_path / "outbox.db") as ctx:
+        ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)  # not running: entries stay to be read
         group_id, acks = await sent_and_read_back(ctx)
         again = await send(ctx, group_id, "alice", "m0 ünïcode", client_id="c0")
         assert not again.created
@@ -449,10 +421,6 @@ async def test_beside_a_redis_bus_each_send_stores_its_outbox_entry(tmp_path: Pa
         announced = [decode_entry(e.payload) for e in entries]
         reads = [e.data for e in announced if e.kind == events.READ]
         assert [(r["user_id"], r["last_read_seq"]) for r in reads] == [("bob", 2)]
-    finally:
-        await ctx.bus.disconnect()
-        await hot(ctx).close()
-        await engine.dispose()  # type: ignore[attr-defined]
 
 
 @pytest.mark.redis
