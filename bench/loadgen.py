@@ -319,6 +319,14 @@ class Worker:
         self.protocol_errors = 0
         self.errors: Counter[str] = Counter()
         self.unexpected_closes: Counter[int] = Counter()
+        # Read marks (the `marks` scenario): every received message marked read at once.
+        self.marking = False
+        self.marks_sent = 0
+        self.mark_pending: dict[str, tuple[int, Any, str]] = {}  # id -> (sent ns, conn, group)
+        self.mark_lat = array.array("q")
+        self.mark_best: dict[tuple[str, str], int] = {}  # (user, group) -> highest acked mark
+        self.mark_refused: Counter[str] = Counter()
+        self.read_updates = 0
 
     # -- the receive path (hot) --------------------------------------------------------------
 
@@ -359,8 +367,16 @@ class Worker:
             if not self.first_recv_ns:
                 self.first_recv_ns = now
             self.last_recv_ns = now
+            if self.marking:
+                self._mark(conn, group, seq)
             return
         mid = frame.get("message_id")
+        if mid is not None and mid in self.mark_pending:
+            self._marked(mid, frame)
+            return
+        if kind == "read_update":
+            self.read_updates += 1
+            return
         if kind == "error" or kind == "auth_failed":
             d = frame.get("data") or {}
             self.errors[f"{kind} {d.get('code')}: {str(d.get('message'))[:80]}"] += 1
@@ -368,6 +384,30 @@ class Worker:
             fut = conn.waiters.pop(mid, None)
             if fut is not None and not fut.done():
                 fut.set_result(frame)
+
+    def _mark(self, conn: Any, group: str, seq: int) -> None:
+        self.marks_sent += 1
+        mid = f"m{self.marks_sent}"
+        try:
+            conn.send_json(
+                {"type": "mark_read", "message_id": mid, "data": {"group_id": group, "seq": seq}}
+            )
+        except ClosedError:
+            self.mark_refused["sender closed"] += 1
+            return
+        self.mark_pending[mid] = (time.time_ns(), conn, group)
+
+    def _marked(self, mid: str, frame: dict[str, Any]) -> None:
+        sent, conn, group = self.mark_pending.pop(mid)
+        if frame["type"] != "ack":
+            d = frame.get("data") or {}
+            self.mark_refused[f"{frame['type']} {d.get('code')}"] += 1
+            return
+        self.mark_lat.append(time.time_ns() - sent)
+        key = (conn.user, group)
+        mark = frame["data"]["last_read_seq"]
+        if mark > self.mark_best.get(key, 0):
+            self.mark_best[key] = mark
 
     # -- command loop ------------------------------------------------------------------------
 
@@ -596,14 +636,20 @@ class Worker:
             "failures": dict(failures),
         }
 
+    async def cmd_marking(self, on: bool) -> None:
+        self.marking = on
+
     async def cmd_count(self) -> dict[str, Any]:
         return {
             "received": self.received,
+            "marks_pending": len(self.mark_pending),
             "last_recv_ns": self.last_recv_ns,
             "open": sum(1 for c in self.conns if not c.lost),
         }
 
-    async def cmd_finish(self, expected: dict[str, list[int]]) -> dict[str, Any]:
+    async def cmd_finish(
+        self, expected: dict[str, list[int]], mark_sample: int = 0
+    ) -> dict[str, Any]:
         """Per receiver and group: lost (acked seqs never received), duplicates, out of order."""
         exp_sets = {g: set(v) for g, v in expected.items()}
         lost = dup = ooo = unacked = frames = 0
@@ -648,6 +694,20 @@ class Worker:
             "protocol_errors": self.protocol_errors,
             "open_at_finish": sum(1 for c in self.conns if not c.lost),
         }
+        if self.marking:
+            # The marks of a sample of users, for the orchestrator to read back over REST.
+            sample = {c.user for c in self.conns[:mark_sample]}
+            result.update(
+                {
+                    "marks_sent": self.marks_sent,
+                    "marks_acked": len(self.mark_lat),
+                    "marks_unanswered": len(self.mark_pending),
+                    "marks_refused": dict(self.mark_refused),
+                    "mark_lat_ns": self.mark_lat.tobytes(),
+                    "mark_best": [[u, g, m] for (u, g), m in self.mark_best.items() if u in sample],
+                    "read_updates": self.read_updates,
+                }
+            )
         return result
 
     async def cmd_close(self, timeout: float = 10.0) -> dict[str, Any]:

@@ -38,6 +38,15 @@ SHOW: dict[str, list[tuple[str, str, str]]] = {
         ("acked_per_s", "sends acked/s (first send → last ack)", "higher"),
         ("server_us_per_delivery", "server CPU µs per delivery", "lower"),
     ],
+    "marks": [
+        ("lat_p50_ms", "message latency p50 (ms)", "lower"),
+        ("lat_p99_ms", "message latency p99 (ms)", "lower"),
+        ("acked_per_s", "sends acked/s (first send → last ack)", "higher"),
+        ("marks_acked_per_s", "read marks acked/s", "higher"),
+        ("mark_p50_ms", "read mark → ack p50 (ms)", "lower"),
+        ("mark_p99_ms", "read mark → ack p99 (ms)", "lower"),
+        ("server_us_per_delivery", "server CPU µs per delivery (marks included)", "lower"),
+    ],
     "idle": [
         ("rss_per_conn_kib", "server RSS per connection (KiB)", "lower"),
         ("idle_cpu_pct", "server CPU at rest (% of a core)", "lower"),
@@ -63,6 +72,7 @@ HEADLINE: dict[str, list[str]] = {
     "fanout": ["deliveries_per_s", "deliveries_per_server_cpu_s", "lat_p50_ms"],
     "rate": ["lat_p50_ms", "lat_p99_ms", "server_us_per_delivery"],
     "groups": ["lat_p50_ms", "lat_p99_ms", "acked_per_s"],
+    "marks": ["lat_p99_ms", "marks_acked_per_s", "mark_p99_ms"],
     "idle": ["rss_per_conn_kib", "server_cpu_ms_per_connect", "idle_cpu_pct"],
     "cluster": ["single_lat_p50_ms", "local_p50_ms", "remote_p50_ms", "remote_p99_ms"],
     "rest": ["req_per_s", "lat_p99_ms"],
@@ -79,6 +89,11 @@ SCENARIO_TEXT = {
     "senders into their own group. On the service each send is a database transaction "
     "(seq allocation + insert + commit) and, in production mode, a Redis Streams round "
     "trip before the fan-out.",
+    "marks": "service targets only: `groups`, with every receiver sending `mark_read` "
+    "for each message as it arrives (a chat open on screen, no debouncing): a read mark per "
+    "delivery beside the sends, each a database write when it moves the mark. After the run "
+    "the marks stored for a sample of users are read back over REST and must equal the "
+    "highest each was acked.",
     "idle": "N authenticated connections doing nothing; the server sends protocol pings "
     "every 5 s (all targets set to 5 s here). RSS per connection = (RSS after − RSS "
     "before) ÷ N, each run on a freshly started server; CPU over the idle window; "
@@ -157,7 +172,7 @@ def integrity_failures(results: dict[str, Any]) -> list[str]:
             bad.append(f"{name}: error")
             continue
         m = run["metrics"]
-        for key in ("lost", "duplicates", "out_of_order"):
+        for key in ("lost", "duplicates", "out_of_order", "marks_unanswered", "marks_mismatched"):
             if m.get(key):
                 bad.append(f"{name}: {key}={m[key]}")
     return bad

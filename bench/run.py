@@ -9,7 +9,7 @@
 Targets: service-prod (Postgres + Redis Streams, one uvicorn worker), service-embedded
 (SQLite + in-process bus), websockets (the `websockets` library's server + broadcast()),
 fastapi (the FastAPI-docs ConnectionManager under uvicorn). Scenarios: fanout, rate, groups,
-idle, cluster, rest. All traffic goes to 127.0.0.x; every run is bounded in count and time.
+marks, idle, cluster, rest. All traffic goes to 127.0.0.x; every run is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from bench.targets import (  # noqa: E402
     describe_command,
 )
 
-SCENARIOS = ("fanout", "rate", "groups", "idle", "cluster", "rest")
+SCENARIOS = ("fanout", "rate", "groups", "marks", "idle", "cluster", "rest")
 SECRET = "campushub-bench-secret-0123456789"
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -62,6 +62,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [50.0, 5.0],
         "rate_duration": 2.0,
         "groups": (200, 5, 100.0, 2.0),
+        "marks": (200, 5, 100.0, 2.0),
         "idle": (500, 2.0),
         "cluster": (100, 20.0, 2.0),
         "rest": (10, 10, 60, 2.0),
@@ -73,6 +74,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rates": [50.0, 5.0],
         "rate_duration": 10.0,
         "groups": (1000, 5, 500.0, 10.0),
+        "marks": (1000, 5, 500.0, 10.0),
         "idle": (10000, 10.0),
         "cluster": (500, 20.0, 10.0),
         "rest": (50, 50, 120, 10.0),
@@ -83,6 +85,7 @@ APPLIES = {
     "fanout": {*TARGETS, *OPTIONAL_TARGETS},
     "rate": {*TARGETS, *OPTIONAL_TARGETS},
     "groups": {*TARGETS, *OPTIONAL_TARGETS},
+    "marks": {"service-prod", "service-embedded"},
     "idle": {*TARGETS, *OPTIONAL_TARGETS},
     "cluster": {"service-prod"},
     "rest": {"service-prod", "service-embedded"},
@@ -106,6 +109,14 @@ def variants(scenario: str, p: dict[str, Any]) -> list[tuple[str, dict[str, Any]
         return [
             (
                 f"groups-{conns // size}x{size}-{r:g}ps",
+                {"conns": conns, "size": size, "per_s": r, "duration": d},
+            )
+        ]
+    if scenario == "marks":
+        conns, size, r, d = p["marks"]
+        return [
+            (
+                f"marks-{conns // size}x{size}-{r:g}ps",
                 {"conns": conns, "size": size, "per_s": r, "duration": d},
             )
         ]
@@ -163,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rates", help="messages per second, e.g. 50,5")
     ap.add_argument("--rate-duration", type=float)
     ap.add_argument("--groups", help="CONNS,SIZE,RATE,SECONDS e.g. 1000,5,500,10")
+    ap.add_argument("--marks", help="as --groups, for the marks scenario")
     ap.add_argument("--idle", help="CONNS,SECONDS e.g. 10000,10")
     ap.add_argument("--cluster", help="MEMBERS,RATE,SECONDS e.g. 500,20,10")
     ap.add_argument("--rest", help="READERS,CONCURRENCY,MESSAGES,SECONDS e.g. 50,50,120,10")
@@ -246,6 +258,9 @@ def profile_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.groups:
         c, s, r, d = args.groups.split(",")
         p["groups"] = (int(c), int(s), float(r), float(d))
+    if args.marks:
+        c, s, r, d = args.marks.split(",")
+        p["marks"] = (int(c), int(s), float(r), float(d))
     if args.idle:
         c, d = args.idle.split(",")
         p["idle"] = (int(c), float(d))
@@ -285,6 +300,7 @@ FUNCS: dict[str, Any] = {
     "fanout": scenarios.fanout,
     "rate": scenarios.rate,
     "groups": scenarios.groups,
+    "marks": scenarios.marks,
     "idle": scenarios.idle,
     "cluster": scenarios.cluster,
     "rest": scenarios.rest,

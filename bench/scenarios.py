@@ -318,18 +318,21 @@ async def open_all(
 
 
 async def drain(ctx: Ctx, expected_total: int) -> dict[str, Any]:
-    """Wait until the workers saw `expected_total` new_message frames, or no progress."""
+    """Wait until the workers saw `expected_total` new_message frames and every read mark
+    they sent was answered, or no progress."""
     last_total, last_change = -1, time.monotonic()
     start = time.monotonic()
     total = 0
     while True:
         counts = await ctx.pool.all("count", _timeout=30)
         total = sum(c["received"] for c in counts)
+        pending = sum(c["marks_pending"] for c in counts)
         now = time.monotonic()
-        if total >= expected_total:
+        if total >= expected_total and not pending:
             break
-        if total != last_total:
-            last_total, last_change = total, now
+        progress = total - pending
+        if progress != last_total:
+            last_total, last_change = progress, now
         elif now - last_change > ctx.drain_quiet or now - start > ctx.drain_cap:
             break
         await asyncio.sleep(0.05)
@@ -370,6 +373,9 @@ async def message_run(
     if ctx.profile_dir is not None and is_service(target):
         profiler = Profiler(servers[0].pid, ctx.profile_dir / f"pyspy-{target}-{tag}.txt")
         profiler.start()
+    marks = bool(plan.get("marks"))
+    if marks:
+        await pool.all("marking", on=True)
     window = CpuWindow(cpu_pids(servers, pool))
     window.start()
     if plan["kind"] == "closed":
@@ -418,7 +424,11 @@ async def message_run(
     drained = await drain(ctx, expected_total)
     cpu = cpu_metrics(window.stop(), len(servers), pool.n)
     profile = await profiler.stop() if profiler is not None else {}
-    fins = await pool.all("finish", expected={g: sorted(v) for g, v in acked.items()})
+    fins = await pool.all(
+        "finish",
+        expected={g: sorted(v) for g, v in acked.items()},
+        mark_sample=MARK_SAMPLE if marks else 0,
+    )
     await pool.all("close", _timeout=60)
 
     sent = sum(s["sent"] for s in sends)
@@ -477,6 +487,8 @@ async def message_run(
         if lags:
             metrics["send_lag_p99_ms"] = pct(lags, [99])[0] / 1e6
             metrics["send_lag_max_ms"] = lags[-1] / 1e6
+    if marks:
+        metrics.update(await mark_metrics(ctx, servers[0], fins, cpu["window_s"] or 0.0))
     cdfs = {"all": cdf(lat_all)}
     if lat_remote:
         metrics.update(lat_summary(lat_local, "local"))
@@ -487,6 +499,49 @@ async def message_run(
     if profile:
         metrics["profile"] = profile
     return metrics, cdfs
+
+
+MARK_SAMPLE = 25  # users per generator process whose stored marks are read back over REST
+
+
+async def mark_metrics(
+    ctx: Ctx, server: Server, fins: list[dict[str, Any]], window_s: float
+) -> dict[str, Any]:
+    """Read marks: how many were answered and how fast, and whether the marks stored (read
+    back over REST for a sample of users) are the highest each user was acked."""
+    import httpx
+
+    from app.security import encode_token
+
+    best: dict[str, dict[str, int]] = {}
+    for f in fins:
+        for user, group, mark in f["mark_best"]:
+            best.setdefault(user, {})[group] = mark
+    mismatched = 0
+    async with httpx.AsyncClient(timeout=30) as client:
+        for user, marks in best.items():
+            token = encode_token(user, secret=ctx.secret, name=user)
+            page = await rest_json(
+                client, "GET", f"http://127.0.0.1:{server.port}/api/v1/groups", token
+            )
+            stored = {g["group_id"]: g["last_read_seq"] for g in page["items"]}
+            mismatched += sum(1 for g, m in marks.items() if stored.get(g) != m)
+    refused: dict[str, int] = {}
+    for f in fins:
+        for k, v in f["marks_refused"].items():
+            refused[k] = refused.get(k, 0) + v
+    acked = sum(f["marks_acked"] for f in fins)
+    return {
+        "marks_sent": sum(f["marks_sent"] for f in fins),
+        "marks_acked": acked,
+        "marks_acked_per_s": acked / window_s if window_s else 0.0,
+        "marks_unanswered": sum(f["marks_unanswered"] for f in fins),
+        "marks_refused": refused,
+        "marks_checked": sum(len(m) for m in best.values()),
+        "marks_mismatched": mismatched,
+        "read_updates": sum(f["read_updates"] for f in fins),
+        **lat_summary(unpack([f["mark_lat_ns"] for f in fins]), "mark"),
+    }
 
 
 def users(prefix: str, n: int) -> list[str]:
@@ -526,6 +581,27 @@ async def groups(
         {f"g{k}": list(range(k * size, (k + 1) * size)) for k in range(n_groups)},
     )
     plan = {"kind": "rate", "rate": per_s, "duration": duration}
+    return await message_run(ctx, target, servers, topo, plan)
+
+
+async def marks(
+    ctx: Ctx,
+    target: str,
+    servers: list[Server],
+    conns: int,
+    size: int,
+    per_s: float,
+    duration: float,
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """`groups`, with every receiver marking each message read as it arrives (a chat open
+    on screen): a read mark per delivery beside the sends."""
+    tag = uuid.uuid4().hex[:8]
+    n_groups = conns // size
+    topo = Topology(
+        users(f"k{tag}", n_groups * size),
+        {f"g{k}": list(range(k * size, (k + 1) * size)) for k in range(n_groups)},
+    )
+    plan = {"kind": "rate", "rate": per_s, "duration": duration, "marks": True}
     return await message_run(ctx, target, servers, topo, plan)
 
 
