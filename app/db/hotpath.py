@@ -1,10 +1,10 @@
-"""The statements every WebSocket auth and every message runs, on plain asyncpg connections.
+"""The statements every WebSocket auth, message and read mark runs, on plain asyncpg connections.
 
 Postgres only. Through an ORM session each of these cost 0.5–1 ms of CPU (session, pool
 checkout, greenlet hops, compiled-statement bookkeeping); here each is one prepared
 statement on a connection lent by app.db.pgpool, 0.1–0.2 ms. The REST offline fetch (`GET
 /messages/offline`, what every client asks on reconnect) reads here too. Everything else
-(the rest of REST, group management, read marks, the outbox relay) stays on SQLAlchemy.
+(the rest of REST, group management, the outbox relay) stays on SQLAlchemy.
 No statement leaves session state behind (no SET, LISTEN, cursors or advisory locks, no
 open transaction), so a connection goes back to the pool as it is: no reset query.
 """
@@ -55,6 +55,39 @@ WITH next AS (
     RETURNING id
 )
 SELECT stored.seq, stored.created_ms, (SELECT id FROM event) AS outbox_id FROM stored
+"""
+
+# Raise a member's read mark towards $3, clamped to the group's last seq and never backwards,
+# and when it moved and $4 (the outbox stream) is set, store its read update ($5, an encoded
+# bus event whose d.last_read_seq the statement fills in). A mark that would not move writes
+# nothing. No row: the user is not a member. A concurrent mark of the same user and group
+# waits on the row (ON CONFLICT) and takes the higher of the two: the mark returned is the one
+# stored. One autocommitted statement, one round trip.
+ADVANCE_READ_MARK = """
+WITH mark AS (
+    SELECT coalesce(r.last_read_seq, 0) AS before, greatest(0, least($3, g.last_seq)) AS target
+    FROM group_members m JOIN groups g ON g.id = m.group_id
+    LEFT JOIN read_marks r ON r.user_id = m.user_id AND r.group_id = m.group_id
+    WHERE m.group_id = $2 AND m.user_id = $1
+), moved AS (
+    INSERT INTO read_marks (user_id, group_id, last_read_seq, updated_at)
+    SELECT $1, $2, target, clock_timestamp() FROM mark WHERE target > before
+    ON CONFLICT (user_id, group_id) DO UPDATE
+    SET last_read_seq = greatest(read_marks.last_read_seq, excluded.last_read_seq),
+        updated_at = excluded.updated_at
+    RETURNING last_read_seq
+), event AS (
+    INSERT INTO outbox (stream, payload, created_at)
+    SELECT $4::varchar,
+           convert_to(jsonb_set($5::jsonb, '{d,last_read_seq}', to_jsonb(moved.last_read_seq))
+                      ::text, 'UTF8'),
+           clock_timestamp()
+    FROM moved, mark WHERE $4::varchar IS NOT NULL AND moved.last_read_seq > mark.before
+    RETURNING id
+)
+SELECT mark.before, coalesce((SELECT last_read_seq FROM moved), mark.before),
+       (SELECT id FROM event)
+FROM mark
 """
 
 # The groups of every user in a batch of WebSocket auths (HotPath.seqs_for_user).
@@ -196,6 +229,20 @@ class StoredRow:
     outbox_id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class MarkRow:
+    """A read mark before and after `advance_read_mark`, and its read update's outbox entry
+    (when it moved and the outbox is on)."""
+
+    before: int
+    now: int
+    outbox_id: int | None
+
+    @property
+    def moved(self) -> bool:
+        return self.now != self.before
+
+
 def asyncpg_dsn(url: str) -> str:
     """A libpq-style DSN from the service's DATABASE_URL (any SQLAlchemy driver suffix)."""
     scheme, sep, rest = url.partition("://")
@@ -289,6 +336,34 @@ class HotPath:
         if row is None:
             return None
         return StoredRow(seq=row[0], created_ms=row[1], outbox_id=row[2])
+
+    async def advance_read_mark(
+        self,
+        user_id: str,
+        group_id: str,
+        seq: int,
+        *,
+        outbox_stream: str | None = None,
+        outbox_event: bytes = b"",
+    ) -> MarkRow | None:
+        """Raise the user's read mark towards `seq`, clamped to the group's last seq and never
+        backwards; None when the user is not a member.
+
+        With `outbox_stream`, a mark that moved stores `outbox_event` (an encoded read update
+        whose d.last_read_seq the database fills in) in the outbox in the same statement.
+        """
+        async with self._connection() as connection:
+            row = await connection.fetchrow(
+                ADVANCE_READ_MARK,
+                user_id,
+                group_id,
+                seq,
+                outbox_stream,
+                outbox_event.decode() if outbox_stream is not None else "{}",
+            )
+        if row is None:
+            return None
+        return MarkRow(before=row[0], now=row[1], outbox_id=row[2])
 
     async def messages_after(
         self, group_id: str, after_seq: int, limit: int

@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy.engine import Dialect
 
 from app.db.base import NewMessage, to_ms, utcnow
-from app.db.hotpath import DuplicateMessage, SeqRows, StoredRow, UserSeqReads
+from app.db.hotpath import DuplicateMessage, MarkRow, SeqRows, StoredRow, UserSeqReads
 from app.db.models import Message
 from app.errors import Unavailable
 from app.schemas.events import message_fields
@@ -272,27 +272,51 @@ class SqliteHotPath:
         return StoredRow(seq=seq, created_ms=created_ms, outbox_id=outbox_id)
 
     async def advance_read_mark(
-        self, user_id: str, group_id: str, seq: int
-    ) -> tuple[int, int] | None:
+        self,
+        user_id: str,
+        group_id: str,
+        seq: int,
+        *,
+        outbox_stream: str | None = None,
+        outbox_event: bytes = b"",
+    ) -> MarkRow | None:
         """Raise the user's read mark towards `seq`, clamped to the group's last seq and never
-        backwards: (the mark before, the mark now), or None when the user is not a member."""
-        moved: tuple[int, int] | None = await self._write(
-            partial(self._advance, user_id, group_id, seq)
+        backwards; None when the user is not a member.
+
+        With `outbox_stream`, a mark that moved stores `outbox_event` (an encoded read update)
+        in the outbox in the same savepoint, its d.last_read_seq filled in.
+        """
+        moved: MarkRow | None = await self._write(
+            partial(self._advance, user_id, group_id, seq, outbox_stream, outbox_event)
         )
         return moved
 
     def _advance(
-        self, user_id: str, group_id: str, seq: int, conn: sqlite3.Connection
-    ) -> tuple[int, int] | None:
+        self,
+        user_id: str,
+        group_id: str,
+        seq: int,
+        outbox_stream: str | None,
+        outbox_event: bytes,
+        conn: sqlite3.Connection,
+    ) -> MarkRow | None:
         row = conn.execute(READ_MARK, (group_id, user_id)).fetchone()
         if row is None:
             return None
         last_seq, before = row
         target = max(0, min(seq, last_seq))
         if target <= before:
-            return before, before
-        conn.execute(ADVANCE_READ_MARK, (user_id, group_id, target, self._bind_time(utcnow())))
-        return before, target
+            return MarkRow(before=before, now=before, outbox_id=None)
+        now = utcnow()
+        conn.execute(ADVANCE_READ_MARK, (user_id, group_id, target, self._bind_time(now)))
+        outbox_id = None
+        if outbox_stream is not None:
+            entry = orjson.loads(outbox_event)
+            entry["d"]["last_read_seq"] = target
+            outbox_id = conn.execute(
+                INSERT_OUTBOX, (outbox_stream, orjson.dumps(entry), self._bind_time(now))
+            ).lastrowid
+        return MarkRow(before=before, now=target, outbox_id=outbox_id)
 
     async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """`run(conn)` in the next write transaction, with the others queued meanwhile."""

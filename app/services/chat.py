@@ -17,7 +17,6 @@ from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.read_marks import ReadMarkRepository
-from app.db.sqlite_hotpath import SqliteHotPath
 from app.errors import BadRequest, NotMember, TooLarge
 from app.schemas import events
 from app.services.context import ServiceContext
@@ -28,6 +27,9 @@ log = logging.getLogger("app.services.chat")
 
 MAX_ID_CHARS = 64
 MAX_IMAGE_URL_CHARS = 2048
+# Past any group's last seq: a read mark asked beyond it clamps to the group's last seq like
+# any such value (and stays inside a BIGINT on its way to the database).
+MAX_MARK_SEQ = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,18 +212,26 @@ async def mark_read(
 
     Publishes a read update for the user's other connections when the mark moved.
     """
-    if isinstance(ctx.hot, SqliteHotPath) and ctx.outbox is None:
-        # Embedded (no outbox to stage the update in): in the path's next write transaction.
-        moved = await ctx.hot.advance_read_mark(user_id, group_id, seq)
-        if moved is None:
+    seq = min(seq, MAX_MARK_SEQ)
+    stream = ctx.settings.STREAM_EVENTS
+    if ctx.hot is not None:
+        # One statement (Postgres) or a savepoint in the next write transaction (SQLite);
+        # last_read_seq (0 here) is filled in with the mark stored.
+        data = events.read_event(user_id=user_id, group_id=group_id, last_read_seq=0, origin=origin)
+        use_outbox = ctx.outbox is not None
+        row = await ctx.hot.advance_read_mark(
+            user_id,
+            group_id,
+            seq,
+            outbox_stream=stream if use_outbox else None,
+            outbox_event=encode_entry(BusEvent(events.READ, data)) if use_outbox else b"",
+        )
+        if row is None:
             raise NotMember()
-        before, now = moved
-        if now != before:
-            data = events.read_event(
-                user_id=user_id, group_id=group_id, last_read_seq=now, origin=origin
-            )
-            await ctx.dispatch(Staged(ctx.settings.STREAM_EVENTS, BusEvent(events.READ, data)))
-        return now
+        if row.moved:
+            data["last_read_seq"] = row.now
+            await ctx.dispatch(Staged(stream, BusEvent(events.READ, data), outbox_id=row.outbox_id))
+        return row.now
     async with ctx.session() as session:
         found = await GroupRepository(session).membership(group_id=group_id, user_id=user_id)
         if found is None:
@@ -236,9 +246,7 @@ async def mark_read(
             data = events.read_event(
                 user_id=user_id, group_id=group_id, last_read_seq=now, origin=origin
             )
-            staged.append(
-                ctx.stage(session, ctx.settings.STREAM_EVENTS, BusEvent(events.READ, data))
-            )
+            staged.append(ctx.stage(session, stream, BusEvent(events.READ, data)))
         await session.commit()
     await ctx.dispatch(*staged)
     return now

@@ -26,7 +26,16 @@ from app.schemas import events
 from app.services import chat, groups
 from app.services.context import ServiceContext
 from app.services.outbox import OutboxRelay, decode_entry
-from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, stored, take
+from tests.support.chat import (
+    MEMBERS,
+    new_group,
+    read_marks_clamp_never_go_back_and_announce_only_moves,
+    read_updates_in_the_outbox,
+    send,
+    sent_and_read_back,
+    stored,
+    take,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -172,6 +181,44 @@ async def test_read_marks_interleaved_with_sends(ctx: ServiceContext) -> None:
     assert final == 21
 
 
+async def test_read_marks_clamp_never_go_back_and_announce_only_moves(
+    ctx: ServiceContext,
+) -> None:
+    await read_marks_clamp_never_go_back_and_announce_only_moves(ctx)
+
+
+async def test_read_marks_store_their_read_updates_in_the_outbox(ctx: ServiceContext) -> None:
+    await read_updates_in_the_outbox(ctx)
+
+
+async def test_concurrent_marks_of_one_user_store_the_highest_and_announce_it(
+    ctx: ServiceContext,
+) -> None:
+    """Two devices marking the same group at once: every answer is a mark that was stored,
+    the last update announced is the mark stored, and no announcement goes backwards."""
+    group_id = await new_group(ctx)
+    for n in range(40):
+        await send(ctx, group_id, "alice", f"m{n}")
+    updates = ctx.bus.subscribe(ctx.settings.STREAM_EVENTS)
+    targets = list(range(1, 41))
+    random.Random(7).shuffle(targets)
+    marks = await asyncio.gather(
+        *(chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=s) for s in targets)
+    )
+    assert all(t <= m <= 40 for t, m in zip(targets, marks, strict=True))
+    assert max(marks) == 40
+    async with ctx.session() as session:
+        assert await ReadMarkRepository(session).get(user_id="bob", group_id=group_id) == 40
+    # Updates arrive in the order their statements finished: the announced marks end at 40.
+    announced: list[int] = []
+    async with asyncio.timeout(10):
+        async for event in updates:
+            announced.append(event.data["last_read_seq"])
+            if event.data["last_read_seq"] == 40:
+                break
+    assert announced and len(announced) <= len(targets)
+
+
 # -- the asyncpg hot path against the ORM ------------------------------------------------------
 
 
@@ -286,6 +333,27 @@ async def test_hot_path_refuses_non_members_and_stores_nothing(hot_ctx: ServiceC
     assert (await send(hot_ctx, group_id, "bob", "first")).ack["seq"] == 1
 
 
+async def test_a_mark_that_does_not_move_writes_nothing(hot_ctx: ServiceContext) -> None:
+    """A mark at or below the stored one (what a client sends again and again) is a read: the
+    row keeps its version, so the statement waits for no commit to reach the disk."""
+    ctx = hot_ctx
+    group_id = await new_group(ctx)
+    for n in range(3):
+        await send(ctx, group_id, "alice", f"m{n}")
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2) == 2
+    connection = await asyncpg.connect(asyncpg_dsn(ctx.settings.database_url))
+    try:
+        version = "SELECT xmin::text FROM read_marks WHERE user_id = 'bob' AND group_id = $1"
+        before = await connection.fetchval(version, group_id)
+        assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2) == 2
+        assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1) == 2
+        assert await connection.fetchval(version, group_id) == before
+        assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=3) == 3
+        assert await connection.fetchval(version, group_id) != before
+    finally:
+        await connection.close()
+
+
 async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
     idle = HotPath(f"postgresql://postgres@127.0.0.1:{unused_tcp_port}/test", size=2)
     with pytest.raises(Unavailable):  # not started
@@ -300,6 +368,7 @@ async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
                 outbox_stream=None,
                 outbox_event=b"",
             ),
+            idle.advance_read_mark("bob", "g", 1),
         ):
             with pytest.raises(Unavailable):
                 await call

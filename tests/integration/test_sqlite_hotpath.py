@@ -23,7 +23,6 @@ from app.db.models import OutboxEntry
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.messages import MessageRepository
-from app.db.repositories.read_marks import ReadMarkRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.db.sqlite_hotpath import UNREAD, UNREAD_AFTER, SqliteHotPath, sqlite_file
 from app.errors import NotMember, Unavailable
@@ -33,7 +32,16 @@ from app.services import chat, groups
 from app.services.chat import SendResult
 from app.services.context import ServiceContext
 from app.services.outbox import OutboxRelay, decode_entry
-from tests.support.chat import MEMBERS, new_group, send, sent_and_read_back, stored, take
+from tests.support.chat import (
+    MEMBERS,
+    new_group,
+    read_marks_clamp_never_go_back_and_announce_only_moves,
+    read_updates_in_the_outbox,
+    send,
+    sent_and_read_back,
+    stored,
+    take,
+)
 from tests.support.tokens import SECRET, bearer, token
 
 
@@ -195,23 +203,7 @@ def test_the_unread_read_starts_from_the_callers_read_marks(tmp_path: Path) -> N
 async def test_read_marks_clamp_never_go_back_and_announce_only_moves(
     ctx: ServiceContext,
 ) -> None:
-    group_id = await new_group(ctx)
-    updates = ctx.bus.subscribe(ctx.settings.STREAM_EVENTS)
-    for n in range(3):
-        await send(ctx, group_id, "alice", f"m{n}")
-    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2) == 2
-    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1) == 2  # not back
-    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=99) == 3  # clamped
-    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=3) == 3
-    with pytest.raises(NotMember):
-        await chat.mark_read(ctx, user_id="mallory", group_id=group_id, seq=1)
-    with pytest.raises(NotMember):
-        await chat.mark_read(ctx, user_id="bob", group_id="no-such-group", seq=1)
-    async with ctx.session() as session:
-        assert await ReadMarkRepository(session).get(user_id="bob", group_id=group_id) == 3
-        assert await ReadMarkRepository(session).get(user_id="mallory", group_id=group_id) == 0
-    # One update per move, none for the calls that moved nothing.
-    assert await take(updates, 2, "last_read_seq") == [2, 3]
+    await read_marks_clamp_never_go_back_and_announce_only_moves(ctx)
 
 
 async def test_read_marks_and_sends_in_one_batch_keep_their_order(ctx: ServiceContext) -> None:
@@ -402,25 +394,24 @@ def test_embedded_service_stores_and_authenticates_through_the_hot_path(
     assert calls == ["write", "seqs", "write"]
 
 
-async def test_beside_a_redis_bus_each_send_stores_its_outbox_entry(tmp_path: Path) -> None:
+async def test_beside_a_redis_bus_each_send_and_mark_stores_its_outbox_entry(
+    tmp_path: Path,
+) -> None:
     """SQLite with REDIS_URL set: the outbox is on, and the path stores each message's entry
-    in the same transaction, seq and created_at filled in (a retry stores none); read marks
-    then stage theirs through the engine."""
+    in the same transaction, seq and created_at filled in (a retry stores none), and each
+    read mark that moves its read update."""
     async with embedded(tmp_path / "outbox.db") as ctx:
         ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)  # not running: entries stay to be read
         group_id, acks = await sent_and_read_back(ctx)
         again = await send(ctx, group_id, "alice", "m0 ünïcode", client_id="c0")
         assert not again.created
-        await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2)
         async with ctx.session() as session:
             entries = list(await session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)))
         sent = [
             decode_entry(e.payload) for e in entries if e.stream == ctx.settings.STREAM_MESSAGES
         ]
         assert [(e.kind, e.data) for e in sent] == [(events.MESSAGE, m) for m in acks]
-        announced = [decode_entry(e.payload) for e in entries]
-        reads = [e.data for e in announced if e.kind == events.READ]
-        assert [(r["user_id"], r["last_read_seq"]) for r in reads] == [("bob", 2)]
+        await read_updates_in_the_outbox(ctx)
 
 
 @pytest.mark.redis

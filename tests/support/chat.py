@@ -6,15 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from app.bus.base import BusEvent
-from app.db.models import Message
+from app.db.models import Message, OutboxEntry
 from app.db.repositories.messages import MessageRepository
+from app.db.repositories.read_marks import ReadMarkRepository
+from app.errors import NotMember
 from app.schemas import events
 from app.services import chat, groups
 from app.services.chat import Sender, SendResult
 from app.services.context import ServiceContext
+from app.services.outbox import OutboxRelay, decode_entry
 
 MEMBERS = ["alice", "bob", "carol", "dave", "erin"]
 
@@ -71,3 +75,61 @@ async def sent_and_read_back(ctx: ServiceContext) -> tuple[str, list[dict[str, A
         rows = await MessageRepository(session).after_seq(group_id=group_id, after_seq=0, limit=10)
     assert [events.message_data(m) for m in rows] == acks
     return group_id, acks
+
+
+async def read_marks_clamp_never_go_back_and_announce_only_moves(ctx: ServiceContext) -> None:
+    """What every storage path must do with read marks (SPEC §11), on a new group."""
+    group_id = await new_group(ctx)
+    updates = ctx.bus.subscribe(ctx.settings.STREAM_EVENTS)
+    for n in range(3):
+        await send(ctx, group_id, "alice", f"m{n}")
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2) == 2
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1) == 2  # not back
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=99) == 3  # clamped
+    assert await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=3) == 3
+    # Past a BIGINT (REST's body has no upper bound): clamped like any seq past the last.
+    assert await chat.mark_read(ctx, user_id="carol", group_id=group_id, seq=2**70) == 3
+    assert await chat.mark_read(ctx, user_id="dave", group_id=group_id, seq=0) == 0
+    with pytest.raises(NotMember):
+        await chat.mark_read(ctx, user_id="mallory", group_id=group_id, seq=1)
+    with pytest.raises(NotMember):
+        await chat.mark_read(ctx, user_id="bob", group_id="no-such-group", seq=1)
+    async with ctx.session() as session:
+        marks = ReadMarkRepository(session)
+        assert await marks.get(user_id="bob", group_id=group_id) == 3
+        assert await marks.get(user_id="carol", group_id=group_id) == 3
+        assert await marks.get(user_id="mallory", group_id=group_id) == 0
+    # One update per move, none for the calls that moved nothing.
+    assert await take(updates, 3, "last_read_seq") == [2, 3, 3]
+
+
+async def read_updates_in_the_outbox(ctx: ServiceContext) -> None:
+    """With the outbox on (its relay not running, so entries stay to be read): a mark that
+    moves stores its read update, last_read_seq filled in and origin kept; one that does not
+    stores none."""
+    ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)
+    group_id = await new_group(ctx)
+    for n in range(4):
+        await send(ctx, group_id, "alice", f"m{n}")
+    await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2, origin="conn-1")
+    await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=1, origin="conn-2")
+    await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=2, origin="conn-3")
+    await chat.mark_read(ctx, user_id="bob", group_id=group_id, seq=9, origin="conn-4")
+    with pytest.raises(NotMember):
+        await chat.mark_read(ctx, user_id="mallory", group_id=group_id, seq=1, origin="conn-5")
+    async with ctx.session() as session:
+        entries = list(
+            await session.scalars(
+                select(OutboxEntry)
+                .where(OutboxEntry.stream == ctx.settings.STREAM_EVENTS)
+                .order_by(OutboxEntry.id)
+            )
+        )
+    reads = [e for e in map(decode_entry, (e.payload for e in entries)) if e.kind == events.READ]
+    assert [(r.kind, r.data) for r in reads] == [
+        (
+            events.READ,
+            events.read_event(user_id="bob", group_id=group_id, last_read_seq=seq, origin=origin),
+        )
+        for seq, origin in ((2, "conn-1"), (4, "conn-4"))
+    ]
