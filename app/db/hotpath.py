@@ -14,11 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -90,6 +98,47 @@ SELECT mark.before, coalesce((SELECT last_read_seq FROM moved), mark.before),
 FROM mark
 """
 
+# ADVANCE_READ_MARK for a batch of marks, one entry per (user, group) ($1, $2, $3: arrays;
+# $5: the read updates, or an empty array without the outbox). The marks are written in
+# (user, group) order, so two instances' batches lock the rows they share in the same order.
+# The outbox ids are taken before the entries are stored so that each answer row carries its
+# entry's id. Answer rows: (index in the arrays, from 1; before; now; outbox id).
+ADVANCE_READ_MARKS = """
+WITH mark AS (
+    SELECT a.k, a.user_id, a.group_id, a.event, coalesce(r.last_read_seq, 0) AS before,
+           greatest(0, least(a.seq, g.last_seq)) AS target
+    FROM unnest($1::varchar[], $2::varchar[], $3::bigint[], $5::text[])
+         WITH ORDINALITY AS a(user_id, group_id, seq, event, k)
+    JOIN group_members m ON m.group_id = a.group_id AND m.user_id = a.user_id
+    JOIN groups g ON g.id = a.group_id
+    LEFT JOIN read_marks r ON r.user_id = a.user_id AND r.group_id = a.group_id
+), moved AS (
+    INSERT INTO read_marks (user_id, group_id, last_read_seq, updated_at)
+    SELECT user_id, group_id, target, clock_timestamp() FROM mark WHERE target > before
+    ORDER BY user_id, group_id
+    ON CONFLICT (user_id, group_id) DO UPDATE
+    SET last_read_seq = greatest(read_marks.last_read_seq, excluded.last_read_seq),
+        updated_at = excluded.updated_at
+    RETURNING user_id, group_id, last_read_seq
+), announced AS (
+    SELECT mark.k, moved.last_read_seq, mark.event,
+           CASE WHEN $4::varchar IS NOT NULL
+                THEN nextval(pg_get_serial_sequence('outbox', 'id')) END AS outbox_id
+    FROM mark JOIN moved USING (user_id, group_id)
+), event AS (
+    INSERT INTO outbox (id, stream, payload, created_at)
+    SELECT outbox_id, $4::varchar,
+           convert_to(jsonb_set(event::jsonb, '{d,last_read_seq}', to_jsonb(last_read_seq))
+                      ::text, 'UTF8'),
+           clock_timestamp()
+    FROM announced WHERE outbox_id IS NOT NULL
+)
+SELECT mark.k, mark.before, coalesce(announced.last_read_seq, mark.before), announced.outbox_id
+FROM mark LEFT JOIN announced USING (k)
+"""
+
+MARKS_BATCH = 500  # (user, group) entries per read-mark statement
+
 # The groups of every user in a batch of WebSocket auths (HotPath.seqs_for_user).
 SEQS_FOR_USERS = """
 SELECT m.user_id, g.id, g.last_seq FROM group_members m JOIN groups g ON g.id = m.group_id
@@ -140,12 +189,91 @@ OUTAGE = (
 )
 
 
-def fail_waiting(waiting: dict[str, list[asyncio.Future[dict[str, int]]]], exc: Exception) -> None:
+K = TypeVar("K", bound=Hashable)
+A = TypeVar("A")
+V = TypeVar("V")
+
+
+def fail_waiting(waiting: dict[Any, list[tuple[Any, asyncio.Future[Any]]]], exc: Exception) -> None:
     """Answer every caller still waiting in `waiting` with `exc`."""
-    for futures in waiting.values():
-        for future in futures:
+    for callers in waiting.values():
+        for _, future in callers:
             if not future.done():
                 future.set_exception(exc)
+
+
+class Batches(Generic[K, A, V]):
+    """Callers that ask while a statement is in flight are answered by the next one.
+
+    Each caller asks for a key with an argument; callers of the same key share one entry of the
+    statement (`run` gets every argument asked for each key, and answers each key once).
+    `run(batch)` runs one statement for up to `size` keys and returns a value (or an exception,
+    for that key's callers alone) per key. Each statement costs this process (and the
+    database) more than its rows do: under load, one statement serves hundreds of callers.
+    """
+
+    def __init__(
+        self, run: Callable[[dict[K, list[A]]], Awaitable[Mapping[K, V | Exception]]], size: int
+    ) -> None:
+        self._run = run
+        self._size = size
+        self._waiting: dict[K, list[tuple[A, asyncio.Future[V]]]] = {}
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self._runner is None and not self._waiting
+
+    async def ask(self, key: K, arg: A) -> V:
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append((arg, future))
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run_waiting())
+        return await future
+
+    async def close(self) -> None:
+        """Stop; whoever still waits gets Unavailable."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        # A runner cancelled before it ran never reaches its `finally`.
+        left, self._waiting = self._waiting, {}
+        fail_waiting(left, Unavailable("storage closed"))
+
+    async def _run_waiting(self) -> None:
+        try:
+            while self._waiting:
+                waiting = self._waiting
+                if len(waiting) <= self._size:
+                    self._waiting = {}
+                else:
+                    batch = list(waiting)[: self._size]
+                    waiting = {key: self._waiting.pop(key) for key in batch}
+                try:
+                    found = await self._run(
+                        {key: [arg for arg, _ in callers] for key, callers in waiting.items()}
+                    )
+                except Exception as exc:
+                    fail_waiting(waiting, exc)
+                    continue
+                except BaseException:
+                    fail_waiting(waiting, Unavailable("storage closed"))
+                    raise
+                for key, callers in waiting.items():
+                    value = found[key]
+                    for _, future in callers:
+                        if future.done():
+                            continue
+                        if isinstance(value, Exception):
+                            future.set_exception(value)
+                        else:
+                            future.set_result(value)
+        finally:
+            self._runner = None
+            left, self._waiting = self._waiting, {}
+            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
 
 
 SeqRows = Iterable[Sequence[Any]]  # (user_id, group_id, last_seq) rows
@@ -155,67 +283,31 @@ class UserSeqReads:
     """{group_id: last_seq} of each user's groups, for every WebSocket auth.
 
     Auths come in crowds (a reconnect storm after a deploy or a network blip): the users
-    asking while a read is in flight are read together in the next one, one statement for up
-    to SEQS_BATCH users. Each statement costs this process (and the database) more than its
-    rows do. `read(users)` runs one statement; both hot paths (Postgres, SQLite) use this.
+    asking while a read is in flight are read together in the next one (`Batches`), one
+    statement for up to SEQS_BATCH users. `read(users)` runs one statement; both hot paths
+    (Postgres, SQLite) use this.
     """
 
     def __init__(self, read: Callable[[list[str]], Awaitable[SeqRows]]) -> None:
         self._read = read
-        self._waiting: dict[str, list[asyncio.Future[dict[str, int]]]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._batches: Batches[str, None, dict[str, int]] = Batches(self._read_batch, SEQS_BATCH)
 
     @property
     def idle(self) -> bool:
-        return self._reader is None and not self._waiting
+        return self._batches.idle
 
     async def ask(self, user_id: str) -> dict[str, int]:
-        future: asyncio.Future[dict[str, int]] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(user_id, []).append(future)
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read_waiting())
-        return await future
+        # A dict of the caller's own (a user asking twice gets two).
+        return dict(await self._batches.ask(user_id, None))
 
     async def close(self) -> None:
-        """Stop reading; whoever still waits gets Unavailable."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        # A reader cancelled before it ran never reaches its `finally`.
-        left, self._waiting = self._waiting, {}
-        fail_waiting(left, Unavailable("storage closed"))
+        await self._batches.close()
 
-    async def _read_waiting(self) -> None:
-        try:
-            while self._waiting:
-                waiting = self._waiting
-                if len(waiting) <= SEQS_BATCH:
-                    self._waiting = {}
-                else:
-                    batch = list(waiting)[:SEQS_BATCH]
-                    waiting = {user_id: self._waiting.pop(user_id) for user_id in batch}
-                try:
-                    rows = await self._read(list(waiting))
-                except Exception as exc:
-                    fail_waiting(waiting, exc)
-                    continue
-                except BaseException:
-                    fail_waiting(waiting, Unavailable("storage closed"))
-                    raise
-                found: dict[str, dict[str, int]] = {user_id: {} for user_id in waiting}
-                for row in rows:
-                    found[row[0]][row[1]] = row[2]
-                for user_id, futures in waiting.items():
-                    seqs = found[user_id]
-                    for i, future in enumerate(futures):
-                        if not future.done():
-                            future.set_result(seqs if i == 0 else dict(seqs))
-        finally:
-            self._reader = None
-            left, self._waiting = self._waiting, {}
-            fail_waiting(left, Unavailable("storage closed"))  # only when cancelled (close)
+    async def _read_batch(self, users: dict[str, list[None]]) -> Mapping[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {user_id: {} for user_id in users}
+        for row in await self._read(list(users)):
+            found[row[0]][row[1]] = row[2]
+        return found
 
 
 class DuplicateMessage(Exception):
@@ -243,6 +335,15 @@ class MarkRow:
         return self.now != self.before
 
 
+@dataclass(frozen=True, slots=True)
+class MarkAsk:
+    """One caller's read mark, waiting for the next batch (`HotPath.advance_read_mark`)."""
+
+    seq: int
+    outbox_stream: str | None
+    outbox_event: bytes
+
+
 def asyncpg_dsn(url: str) -> str:
     """A libpq-style DSN from the service's DATABASE_URL (any SQLAlchemy driver suffix)."""
     scheme, sep, rest = url.partition("://")
@@ -264,6 +365,9 @@ class HotPath:
         self.timeout = timeout
         self._pool: LeanPool | None = None
         self._seqs = UserSeqReads(self._read_seqs)
+        self._marks: Batches[tuple[str, str], MarkAsk, tuple[MarkRow | None, MarkAsk]] = Batches(
+            self._advance_batch, MARKS_BATCH
+        )
 
     async def start(self) -> None:
         """Create the pool; connections open on first use, so a database that is down at
@@ -272,6 +376,7 @@ class HotPath:
 
     async def close(self) -> None:
         await self._seqs.close()
+        await self._marks.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -351,19 +456,68 @@ class HotPath:
 
         With `outbox_stream`, a mark that moved stores `outbox_event` (an encoded read update
         whose d.last_read_seq the database fills in) in the outbox in the same statement.
+
+        Marks asked while a statement is in flight go together in the next (`Batches`). Two
+        marks of one user and group in a batch are one entry, for the higher seq: its caller
+        gets the move (and announces it), the other the mark that is then stored.
         """
+        ask = MarkAsk(seq, outbox_stream, outbox_event)
+        row, by = await self._marks.ask((user_id, group_id), ask)
+        if row is None or by is ask:
+            return row
+        return MarkRow(before=row.now, now=row.now, outbox_id=None)
+
+    async def _advance_batch(
+        self, asked: dict[tuple[str, str], list[MarkAsk]]
+    ) -> dict[tuple[str, str], tuple[MarkRow | None, MarkAsk] | Exception]:
+        """One statement per outbox stream (the service has one) for a batch of marks."""
+        highest = {key: max(asks, key=lambda a: a.seq) for key, asks in asked.items()}
+        found: dict[tuple[str, str], tuple[MarkRow | None, MarkAsk] | Exception] = {}
+        for stream in {ask.outbox_stream for ask in highest.values()}:
+            keys = [key for key, ask in highest.items() if ask.outbox_stream == stream]
+            try:
+                rows = await self._advance_rows(keys, [highest[key] for key in keys], stream)
+            except asyncpg.PostgresError:
+                # One entry's error (its group deleted meanwhile, say) fails the statement:
+                # each entry on its own then, so that it fails alone.
+                for key in keys:
+                    try:
+                        row = await self._advance_one(key, highest[key])
+                        found[key] = (row, highest[key])
+                    except Exception as exc:
+                        found[key] = exc
+                continue
+            for key in keys:
+                found[key] = (None, highest[key])
+            for k, before, now, outbox_id in rows:
+                key = keys[k - 1]
+                found[key] = (MarkRow(before, now, outbox_id), highest[key])
+        return found
+
+    async def _advance_rows(
+        self, keys: list[tuple[str, str]], asks: list[MarkAsk], stream: str | None
+    ) -> list[asyncpg.Record]:
+        async with self._connection() as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(
+                ADVANCE_READ_MARKS,
+                [user_id for user_id, _ in keys],
+                [group_id for _, group_id in keys],
+                [ask.seq for ask in asks],
+                stream,
+                [ask.outbox_event.decode() for ask in asks] if stream is not None else [],
+            )
+        return rows
+
+    async def _advance_one(self, key: tuple[str, str], ask: MarkAsk) -> MarkRow | None:
         async with self._connection() as connection:
             row = await connection.fetchrow(
                 ADVANCE_READ_MARK,
-                user_id,
-                group_id,
-                seq,
-                outbox_stream,
-                outbox_event.decode() if outbox_stream is not None else "{}",
+                *key,
+                ask.seq,
+                ask.outbox_stream,
+                ask.outbox_event.decode() if ask.outbox_stream is not None else "{}",
             )
-        if row is None:
-            return None
-        return MarkRow(before=row[0], now=row[1], outbox_id=row[2])
+        return None if row is None else MarkRow(before=row[0], now=row[1], outbox_id=row[2])
 
     async def messages_after(
         self, group_id: str, after_seq: int, limit: int

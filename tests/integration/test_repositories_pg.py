@@ -13,10 +13,11 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
+from app.bus.base import BusEvent
 from app.bus.memory import InMemoryBus
 from app.config import Settings
 from app.db.base import NewMessage
-from app.db.hotpath import UNREAD, HotPath, asyncpg_dsn
+from app.db.hotpath import UNREAD, HotPath, MarkRow, asyncpg_dsn
 from app.db.models import Message, OutboxEntry
 from app.db.repositories.groups import GroupRepository
 from app.db.repositories.read_marks import ReadMarkRepository
@@ -25,7 +26,7 @@ from app.errors import NotMember, Unavailable
 from app.schemas import events
 from app.services import chat, groups
 from app.services.context import ServiceContext
-from app.services.outbox import OutboxRelay, decode_entry
+from app.services.outbox import OutboxRelay, decode_entry, encode_entry
 from tests.support.chat import (
     MEMBERS,
     new_group,
@@ -352,6 +353,119 @@ async def test_a_mark_that_does_not_move_writes_nothing(hot_ctx: ServiceContext)
         assert await connection.fetchval(version, group_id) != before
     finally:
         await connection.close()
+
+
+async def test_marks_asked_together_share_statements_and_each_gets_its_own_entry(
+    hot_ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 users marking at once (one of them twice, one a non-member) take a few statements;
+    each gets its own answer, and each outbox id it is told is the entry of its own update."""
+    ctx = hot_ctx
+    hot = ctx.hot
+    assert isinstance(hot, HotPath)
+    users = [f"u{uuid.uuid4().hex[:6]}-{i}" for i in range(200)]
+    group_id = await new_group(ctx, ["alice", *users])
+    for n in range(5):
+        await send(ctx, group_id, "alice", f"m{n}")
+    statements = 0
+    connection = hot._connection
+
+    def counting() -> Any:
+        nonlocal statements
+        statements += 1
+        return connection()
+
+    monkeypatch.setattr(hot, "_connection", counting)
+    seqs = {user: 1 + i % 5 for i, user in enumerate(users)}
+    data = {
+        user: events.read_event(user_id=user, group_id=group_id, last_read_seq=0, origin=user)
+        for user in users
+    }
+    asked = [(user, seqs[user]) for user in users] + [(users[0], 5), ("mallory", 3)]
+    rows = await asyncio.gather(
+        *(
+            hot.advance_read_mark(
+                user,
+                group_id,
+                seq,
+                outbox_stream=ctx.settings.STREAM_EVENTS,
+                outbox_event=encode_entry(BusEvent(events.READ, data[user]))
+                if user in data
+                else b"{}",
+            )
+            for user, seq in asked
+        )
+    )
+    assert statements <= 3, statements
+    assert hot._marks.idle
+    assert rows[-1] is None, "mallory is not a member"
+    # users[0] asked 1 and 5 in one batch: one entry (5), moved by the caller of 5; the
+    # caller of 1 is told the mark stored, and announces nothing.
+    assert rows[0] == MarkRow(before=5, now=5, outbox_id=None)
+    again = rows[-2]
+    assert again is not None and again.moved and (again.before, again.now) == (0, 5)
+    by_user = dict(zip(users[1:], rows[1:200], strict=True))
+    assert all(r is not None and (r.before, r.now) == (0, seqs[u]) for u, r in by_user.items())
+    async with ctx.session() as session:
+        entries = {
+            e.id: decode_entry(e.payload)
+            for e in await session.scalars(
+                select(OutboxEntry).where(OutboxEntry.stream == ctx.settings.STREAM_EVENTS)
+            )
+            if decode_entry(e.payload).kind == events.READ
+            and decode_entry(e.payload).data["group_id"] == group_id
+        }
+        for user in users:
+            assert await ReadMarkRepository(session).get(user_id=user, group_id=group_id) == (
+                5 if user == users[0] else seqs[user]
+            )
+    told = {u: r.outbox_id for u, r in by_user.items() if r is not None}
+    told[users[0]] = again.outbox_id
+    assert len(entries) == 200
+    for user, outbox_id in told.items():
+        assert outbox_id is not None
+        assert entries[outbox_id].data == {
+            **data[user],
+            "last_read_seq": 5 if user == users[0] else seqs[user],
+        }
+
+
+async def test_an_entry_that_fails_its_batch_fails_alone(hot_ctx: ServiceContext) -> None:
+    """A mark the database refuses (here a trigger refusing one user's row) fails the batch's
+    statement; the batch's other marks are then written one by one and stored."""
+    ctx = hot_ctx
+    poison = f"poison-{uuid.uuid4().hex[:8]}"
+    group_id = await new_group(ctx, ["alice", "bob", "carol", poison])
+    await send(ctx, group_id, "alice", "m0")
+    connection = await asyncpg.connect(asyncpg_dsn(ctx.settings.database_url))
+    trigger = f"refuse_{poison.replace('-', '_')}"
+    try:
+        await connection.execute(
+            f"""CREATE FUNCTION {trigger}() RETURNS trigger AS $$
+                BEGIN
+                    IF NEW.user_id = '{poison}' THEN RAISE EXCEPTION 'refused'; END IF;
+                    RETURN NEW;
+                END $$ LANGUAGE plpgsql;
+                CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON read_marks
+                FOR EACH ROW EXECUTE FUNCTION {trigger}();"""
+        )
+        results = await asyncio.gather(
+            *(
+                chat.mark_read(ctx, user_id=user, group_id=group_id, seq=1)
+                for user in ("bob", poison, "carol")
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await connection.execute(f"DROP TRIGGER {trigger} ON read_marks; DROP FUNCTION {trigger}()")
+        await connection.close()
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], asyncpg.RaiseError)
+    async with ctx.session() as session:
+        marks = ReadMarkRepository(session)
+        assert await marks.get(user_id="bob", group_id=group_id) == 1
+        assert await marks.get(user_id="carol", group_id=group_id) == 1
+        assert await marks.get(user_id=poison, group_id=group_id) == 0
 
 
 async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
