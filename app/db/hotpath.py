@@ -65,44 +65,17 @@ WITH next AS (
 SELECT stored.seq, stored.created_ms, (SELECT id FROM event) AS outbox_id FROM stored
 """
 
-# Raise a member's read mark towards $3, clamped to the group's last seq and never backwards,
-# and when it moved and $4 (the outbox stream) is set, store its read update ($5, an encoded
-# bus event whose d.last_read_seq the statement fills in). A mark that would not move writes
-# nothing. No row: the user is not a member. A concurrent mark of the same user and group
-# waits on the row (ON CONFLICT) and takes the higher of the two: the mark returned is the one
-# stored. One autocommitted statement, one round trip.
-ADVANCE_READ_MARK = """
-WITH mark AS (
-    SELECT coalesce(r.last_read_seq, 0) AS before, greatest(0, least($3, g.last_seq)) AS target
-    FROM group_members m JOIN groups g ON g.id = m.group_id
-    LEFT JOIN read_marks r ON r.user_id = m.user_id AND r.group_id = m.group_id
-    WHERE m.group_id = $2 AND m.user_id = $1
-), moved AS (
-    INSERT INTO read_marks (user_id, group_id, last_read_seq, updated_at)
-    SELECT $1, $2, target, clock_timestamp() FROM mark WHERE target > before
-    ON CONFLICT (user_id, group_id) DO UPDATE
-    SET last_read_seq = greatest(read_marks.last_read_seq, excluded.last_read_seq),
-        updated_at = excluded.updated_at
-    RETURNING last_read_seq
-), event AS (
-    INSERT INTO outbox (stream, payload, created_at)
-    SELECT $4::varchar,
-           convert_to(jsonb_set($5::jsonb, '{d,last_read_seq}', to_jsonb(moved.last_read_seq))
-                      ::text, 'UTF8'),
-           clock_timestamp()
-    FROM moved, mark WHERE $4::varchar IS NOT NULL AND moved.last_read_seq > mark.before
-    RETURNING id
-)
-SELECT mark.before, coalesce((SELECT last_read_seq FROM moved), mark.before),
-       (SELECT id FROM event)
-FROM mark
-"""
-
-# ADVANCE_READ_MARK for a batch of marks, one entry per (user, group) ($1, $2, $3: arrays;
-# $5: the read updates, or an empty array without the outbox). The marks are written in
-# (user, group) order, so two instances' batches lock the rows they share in the same order.
-# The outbox ids are taken before the entries are stored so that each answer row carries its
-# entry's id. Answer rows: (index in the arrays, from 1; before; now; outbox id).
+# Raise members' read marks, one entry per (user, group) ($1, $2, $3: arrays), each towards
+# its seq, clamped to the group's last seq and never backwards; for each mark that moved, when
+# $4 (the outbox stream) is set, store its read update ($5: encoded bus events, d.last_read_seq
+# filled in here; an empty array without the outbox). A mark that would not move writes
+# nothing; an entry whose user is not a member gives no row. A concurrent mark of the same user
+# and group (another instance) waits on the row (ON CONFLICT) and the higher of the two is
+# kept: the mark returned is the one stored. Marks are written in (user, group) order, so two
+# instances' batches lock the rows they share in the same order. The outbox ids are taken
+# before the entries are stored, so that each answer row carries its entry's id. Answer rows:
+# (index in the arrays, from 1; the mark before; the mark now; outbox id). One autocommitted
+# statement, one round trip.
 ADVANCE_READ_MARKS = """
 WITH mark AS (
     SELECT a.k, a.user_id, a.group_id, a.event, coalesce(r.last_read_seq, 0) AS before,
@@ -476,48 +449,36 @@ class HotPath:
         for stream in {ask.outbox_stream for ask in highest.values()}:
             keys = [key for key, ask in highest.items() if ask.outbox_stream == stream]
             try:
-                rows = await self._advance_rows(keys, [highest[key] for key in keys], stream)
+                found.update(await self._advance(keys, highest, stream))
             except asyncpg.PostgresError:
                 # One entry's error (its group deleted meanwhile, say) fails the statement:
                 # each entry on its own then, so that it fails alone.
                 for key in keys:
                     try:
-                        row = await self._advance_one(key, highest[key])
-                        found[key] = (row, highest[key])
+                        found.update(await self._advance([key], highest, stream))
                     except Exception as exc:
                         found[key] = exc
-                continue
-            for key in keys:
-                found[key] = (None, highest[key])
-            for k, before, now, outbox_id in rows:
-                key = keys[k - 1]
-                found[key] = (MarkRow(before, now, outbox_id), highest[key])
         return found
 
-    async def _advance_rows(
-        self, keys: list[tuple[str, str]], asks: list[MarkAsk], stream: str | None
-    ) -> list[asyncpg.Record]:
+    async def _advance(
+        self, keys: list[tuple[str, str]], asks: dict[tuple[str, str], MarkAsk], stream: str | None
+    ) -> dict[tuple[str, str], tuple[MarkRow | None, MarkAsk]]:
         async with self._connection() as connection:
-            rows: list[asyncpg.Record] = await connection.fetch(
+            rows = await connection.fetch(
                 ADVANCE_READ_MARKS,
                 [user_id for user_id, _ in keys],
                 [group_id for _, group_id in keys],
-                [ask.seq for ask in asks],
+                [asks[key].seq for key in keys],
                 stream,
-                [ask.outbox_event.decode() for ask in asks] if stream is not None else [],
+                [asks[key].outbox_event.decode() for key in keys] if stream is not None else [],
             )
-        return rows
-
-    async def _advance_one(self, key: tuple[str, str], ask: MarkAsk) -> MarkRow | None:
-        async with self._connection() as connection:
-            row = await connection.fetchrow(
-                ADVANCE_READ_MARK,
-                *key,
-                ask.seq,
-                ask.outbox_stream,
-                ask.outbox_event.decode() if ask.outbox_stream is not None else "{}",
-            )
-        return None if row is None else MarkRow(before=row[0], now=row[1], outbox_id=row[2])
+        found: dict[tuple[str, str], tuple[MarkRow | None, MarkAsk]] = {
+            key: (None, asks[key]) for key in keys
+        }
+        for k, before, now, outbox_id in rows:
+            key = keys[k - 1]
+            found[key] = (MarkRow(before, now, outbox_id), asks[key])
+        return found
 
     async def messages_after(
         self, group_id: str, after_seq: int, limit: int
