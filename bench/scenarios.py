@@ -573,36 +573,25 @@ async def groups(
     size: int,
     per_s: float,
     duration: float,
+    marks: bool = False,
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Groups of `size`, messages at `per_s` from random senders into their own group; with
+    `marks` (the `marks` scenario), every receiver marks each message read as it arrives (a
+    chat open on screen): a read mark per delivery beside the sends."""
     tag = uuid.uuid4().hex[:8]
     n_groups = conns // size
     topo = Topology(
-        users(f"s{tag}", n_groups * size),
+        users(f"{'k' if marks else 's'}{tag}", n_groups * size),
         {f"g{k}": list(range(k * size, (k + 1) * size)) for k in range(n_groups)},
     )
-    plan = {"kind": "rate", "rate": per_s, "duration": duration}
+    plan = {"kind": "rate", "rate": per_s, "duration": duration, "marks": marks}
     return await message_run(ctx, target, servers, topo, plan)
 
 
 async def marks(
-    ctx: Ctx,
-    target: str,
-    servers: list[Server],
-    conns: int,
-    size: int,
-    per_s: float,
-    duration: float,
+    ctx: Ctx, target: str, servers: list[Server], **kwargs: Any
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """`groups`, with every receiver marking each message read as it arrives (a chat open
-    on screen): a read mark per delivery beside the sends."""
-    tag = uuid.uuid4().hex[:8]
-    n_groups = conns // size
-    topo = Topology(
-        users(f"k{tag}", n_groups * size),
-        {f"g{k}": list(range(k * size, (k + 1) * size)) for k in range(n_groups)},
-    )
-    plan = {"kind": "rate", "rate": per_s, "duration": duration, "marks": True}
-    return await message_run(ctx, target, servers, topo, plan)
+    return await groups(ctx, target, servers, **kwargs, marks=True)
 
 
 async def cluster(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -269,6 +269,20 @@ async def test_hot_path_auth_read_matches_the_orm(hot_ctx: ServiceContext) -> No
     assert await ctx.hot.seqs_for_user("nobody") == {}
 
 
+def counted_statements(hot: HotPath, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """From here on, count the statements `hot` runs (each takes a pooled connection)."""
+    count = 0
+    connection = hot._connection
+
+    def counting() -> Any:
+        nonlocal count
+        count += 1
+        return connection()
+
+    monkeypatch.setattr(hot, "_connection", counting)
+    return lambda: count
+
+
 async def test_concurrent_auth_reads_share_statements(
     hot_ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,20 +298,12 @@ async def test_concurrent_auth_reads_share_statements(
     ]
     expected = {user: {str(made[i // 2]["group_id"]): 0} for i, user in enumerate(users[:298])}
     expected |= {users[298]: {}, users[299]: {}}
-    statements = 0
-    connection = hot._connection
-
-    def counting() -> Any:
-        nonlocal statements
-        statements += 1
-        return connection()
-
-    monkeypatch.setattr(hot, "_connection", counting)
+    statements = counted_statements(hot, monkeypatch)
     asked = [*users, users[0]]
     answers = await asyncio.gather(*(hot.seqs_for_user(user) for user in asked))
     assert answers == [expected[user] for user in asked]
     assert answers[0] is not answers[-1], "a user asking twice gets two dicts"
-    assert statements <= 3, statements
+    assert statements() <= 3, statements()
     assert hot._seqs.idle
 
 
@@ -367,15 +373,7 @@ async def test_marks_asked_together_share_statements_and_each_gets_its_own_entry
     group_id = await new_group(ctx, ["alice", *users])
     for n in range(5):
         await send(ctx, group_id, "alice", f"m{n}")
-    statements = 0
-    connection = hot._connection
-
-    def counting() -> Any:
-        nonlocal statements
-        statements += 1
-        return connection()
-
-    monkeypatch.setattr(hot, "_connection", counting)
+    statements = counted_statements(hot, monkeypatch)
     seqs = {user: 1 + i % 5 for i, user in enumerate(users)}
     data = {
         user: events.read_event(user_id=user, group_id=group_id, last_read_seq=0, origin=user)
@@ -396,7 +394,7 @@ async def test_marks_asked_together_share_statements_and_each_gets_its_own_entry
             for user, seq in asked
         )
     )
-    assert statements <= 3, statements
+    assert statements() <= 3, statements()
     assert hot._marks.idle
     assert rows[-1] is None, "mallory is not a member"
     # users[0] asked 1 and 5 in one batch: one entry (5), moved by the caller of 5; the
