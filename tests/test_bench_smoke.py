@@ -113,3 +113,43 @@ def test_bench_pinned_tiny(tmp_path: Path) -> None:
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "### fanout-10x5-pinned" in text
     assert f"the server on CPU {cpus[0]}, the load generator on CPU" in text
+
+
+def test_bench_marks_tiny(tmp_path: Path) -> None:
+    """The marks scenario: every delivery marked read and answered, and the marks stored for
+    the sampled users read back over REST equal to the highest each was acked."""
+    results_dir = tmp_path / "results"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--scenarios",
+        "marks",
+        "--targets",
+        "service-embedded",
+        "--marks",
+        "20,5,50,1",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--results-dir",
+        str(results_dir),
+        "--no-docs",
+        "--no-plots",
+        "--time-limit",
+        "50",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (written,) = results_dir.glob("*.json")
+    (run,) = json.loads(written.read_text())["runs"]
+    assert run["variant"] == "marks-4x5-50ps" and "error" not in run, run.get("error")
+    m = run["metrics"]
+    assert m["acked"] == 50 and m["deliveries"] == 50 * 5
+    assert m["marks_sent"] == m["marks_acked"] == m["deliveries"]
+    assert (m["marks_unanswered"], m["marks_mismatched"], m["marks_refused"]) == (0, 0, {})
+    assert m["marks_checked"] == 20, "every user's stored mark read back"
+    assert m["mark_samples"] == m["marks_acked"]
