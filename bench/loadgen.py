@@ -79,6 +79,7 @@ class RawConn(Requests, asyncio.Protocol):
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         # group_id -> [frames, max seq, duplicates, out of order, set of seqs]
         self.stats: dict[str, list[Any]] = {}
+        self.notes: list[str] = []  # titles of the notifications received, in order
         self.close_code: int | None = None
         self.closing = False  # we started the close
         self.lost = False
@@ -233,6 +234,7 @@ class LibConn(Requests):
         self.host, self.port, self.src = spec["host"], spec["port"], spec.get("src")
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.stats: dict[str, list[Any]] = {}
+        self.notes: list[str] = []
         self.close_code: int | None = None
         self.closing = False
         self.lost = False
@@ -327,6 +329,9 @@ class Worker:
         self.mark_best: dict[tuple[str, str], int] = {}  # (user, group) -> highest acked mark
         self.mark_refused: Counter[str] = Counter()
         self.read_updates = 0
+        # Notifications (the `notify` scenario): per connection, the titles received.
+        self.notes_received = 0
+        self.lat_notes = array.array("q")
 
     # -- the receive path (hot) --------------------------------------------------------------
 
@@ -377,6 +382,9 @@ class Worker:
         if kind == "read_update":
             self.read_updates += 1
             return
+        if kind == "notification":
+            self._notified(conn, frame["data"])
+            return
         if kind == "error" or kind == "auth_failed":
             d = frame.get("data") or {}
             self.errors[f"{kind} {d.get('code')}: {str(d.get('message'))[:80]}"] += 1
@@ -384,6 +392,15 @@ class Worker:
             fut = conn.waiters.pop(mid, None)
             if fut is not None and not fut.done():
                 fut.set_result(frame)
+
+    def _notified(self, conn: Any, data: dict[str, Any]) -> None:
+        now = time.time_ns()
+        self.notes_received += 1
+        conn.notes.append(data["title"])
+        content = data.get("content") or ""
+        if content.startswith("B|"):
+            self.lat_notes.append(now - int(content.split("|", 2)[1]))
+        self.last_recv_ns = now
 
     def _mark(self, conn: Any, group: str, seq: int) -> None:
         self.marks_sent += 1
@@ -639,9 +656,30 @@ class Worker:
     async def cmd_marking(self, on: bool) -> None:
         self.marking = on
 
+    async def cmd_notes_finish(self, titles: list[str]) -> dict[str, Any]:
+        """Per connection: notifications of `titles` never received, received twice, or out
+        of the order they were pushed in; latencies push → delivery."""
+        order = {t: i for i, t in enumerate(titles)}
+        lost = dup = ooo = 0
+        for conn in self.conns:
+            got = [order[t] for t in conn.notes if t in order]
+            lost += len(titles) - len(set(got))
+            dup += len(got) - len(set(got))
+            ooo += sum(1 for a, b in zip(got, got[1:], strict=False) if b < a)
+        return {
+            "received": self.notes_received,
+            "lost": lost,
+            "duplicates": dup,
+            "out_of_order": ooo,
+            "lat_ns": self.lat_notes.tobytes(),
+            "last_recv_ns": self.last_recv_ns,
+            "errors": dict(self.errors),
+            "unexpected_closes": {str(k): v for k, v in self.unexpected_closes.items()},
+        }
+
     async def cmd_count(self) -> dict[str, Any]:
         return {
-            "received": self.received,
+            "received": self.received + self.notes_received,
             "marks_pending": len(self.mark_pending),
             "last_recv_ns": self.last_recv_ns,
             "open": sum(1 for c in self.conns if not c.lost),

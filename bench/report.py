@@ -47,6 +47,13 @@ SHOW: dict[str, list[tuple[str, str, str]]] = {
         ("mark_p99_ms", "read mark → ack p99 (ms)", "lower"),
         ("server_us_per_delivery", "server CPU µs per delivery (marks included)", "lower"),
     ],
+    "notify": [
+        ("deliveries_per_s", "notifications delivered/s", "higher"),
+        ("lat_p50_ms", "push → delivery p50 (ms)", "lower"),
+        ("lat_p99_ms", "push → delivery p99 (ms)", "lower"),
+        ("push_p50_ms", "POST /notifications → 201 p50 (ms)", "lower"),
+        ("server_us_per_delivery", "server CPU µs per delivery (storing included)", "lower"),
+    ],
     "idle": [
         ("rss_per_conn_kib", "server RSS per connection (KiB)", "lower"),
         ("idle_cpu_pct", "server CPU at rest (% of a core)", "lower"),
@@ -73,6 +80,7 @@ HEADLINE: dict[str, list[str]] = {
     "rate": ["lat_p50_ms", "lat_p99_ms", "server_us_per_delivery"],
     "groups": ["lat_p50_ms", "lat_p99_ms", "acked_per_s"],
     "marks": ["lat_p99_ms", "marks_acked_per_s", "mark_p99_ms"],
+    "notify": ["deliveries_per_s", "lat_p99_ms", "push_p50_ms"],
     "idle": ["rss_per_conn_kib", "server_cpu_ms_per_connect", "idle_cpu_pct"],
     "cluster": ["single_lat_p50_ms", "local_p50_ms", "remote_p50_ms", "remote_p99_ms"],
     "rest": ["req_per_s", "lat_p99_ms"],
@@ -94,6 +102,10 @@ SCENARIO_TEXT = {
     "delivery beside the sends, each a database write when it moves the mark. After the run "
     "the marks stored for a sample of users are read back over REST and must equal the "
     "highest each was acked.",
+    "notify": "service targets only: N connected users; a service pushes notifications, "
+    "each to all N (`POST /api/v1/notifications` with a service token: one stored row per "
+    "user), the next when the previous is answered 201. Latency: push → each user's "
+    "`notification` frame. Every user must get every notification once, in push order.",
     "idle": "N authenticated connections doing nothing; the server sends protocol pings "
     "every 5 s (all targets set to 5 s here). RSS per connection = (RSS after − RSS "
     "before) ÷ N, each run on a freshly started server; CPU over the idle window; "

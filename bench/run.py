@@ -9,7 +9,8 @@
 Targets: service-prod (Postgres + Redis Streams, one uvicorn worker), service-embedded
 (SQLite + in-process bus), websockets (the `websockets` library's server + broadcast()),
 fastapi (the FastAPI-docs ConnectionManager under uvicorn). Scenarios: fanout, rate, groups,
-marks, idle, cluster, rest. All traffic goes to 127.0.0.x; every run is bounded in count and time.
+marks, notify, idle, cluster, rest. All traffic goes to 127.0.0.x; every run is bounded in
+count and time.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from bench.targets import (  # noqa: E402
     describe_command,
 )
 
-SCENARIOS = ("fanout", "rate", "groups", "marks", "idle", "cluster", "rest")
+SCENARIOS = ("fanout", "rate", "groups", "marks", "notify", "idle", "cluster", "rest")
 SECRET = "campushub-bench-secret-0123456789"
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -63,6 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rate_duration": 2.0,
         "groups": (200, 5, 100.0, 2.0),
         "marks": (200, 5, 100.0, 2.0),
+        "notify": (100, 10),
         "idle": (500, 2.0),
         "cluster": (100, 20.0, 2.0),
         "rest": (10, 10, 60, 2.0),
@@ -75,6 +77,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "rate_duration": 10.0,
         "groups": (1000, 5, 500.0, 10.0),
         "marks": (1000, 5, 500.0, 10.0),
+        "notify": (1000, 50),
         "idle": (10000, 10.0),
         "cluster": (500, 20.0, 10.0),
         "rest": (50, 50, 120, 10.0),
@@ -86,6 +89,7 @@ APPLIES = {
     "rate": {*TARGETS, *OPTIONAL_TARGETS},
     "groups": {*TARGETS, *OPTIONAL_TARGETS},
     "marks": {"service-prod", "service-embedded"},
+    "notify": {"service-prod", "service-embedded"},
     "idle": {*TARGETS, *OPTIONAL_TARGETS},
     "cluster": {"service-prod"},
     "rest": {"service-prod", "service-embedded"},
@@ -120,6 +124,9 @@ def variants(scenario: str, p: dict[str, Any]) -> list[tuple[str, dict[str, Any]
                 {"conns": conns, "size": size, "per_s": r, "duration": d},
             )
         ]
+    if scenario == "notify":
+        n, k = p["notify"]
+        return [(f"notify-{n}x{k}", {"users_n": n, "pushes": k})]
     if scenario == "idle":
         n, d = p["idle"]
         return [(f"idle-{n}", {"conns": n, "duration": d})]
@@ -175,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate-duration", type=float)
     ap.add_argument("--groups", help="CONNS,SIZE,RATE,SECONDS e.g. 1000,5,500,10")
     ap.add_argument("--marks", help="as --groups, for the marks scenario")
+    ap.add_argument("--notify", help="USERS,PUSHES e.g. 1000,50 (at most 1000 users)")
     ap.add_argument("--idle", help="CONNS,SECONDS e.g. 10000,10")
     ap.add_argument("--cluster", help="MEMBERS,RATE,SECONDS e.g. 500,20,10")
     ap.add_argument("--rest", help="READERS,CONCURRENCY,MESSAGES,SECONDS e.g. 50,50,120,10")
@@ -261,6 +269,9 @@ def profile_from(args: argparse.Namespace) -> dict[str, Any]:
     if args.marks:
         c, s, r, d = args.marks.split(",")
         p["marks"] = (int(c), int(s), float(r), float(d))
+    if args.notify:
+        n, k = args.notify.split(",")
+        p["notify"] = (int(n), int(k))
     if args.idle:
         c, d = args.idle.split(",")
         p["idle"] = (int(c), float(d))
@@ -301,6 +312,7 @@ FUNCS: dict[str, Any] = {
     "rate": scenarios.rate,
     "groups": scenarios.groups,
     "marks": scenarios.marks,
+    "notify": scenarios.notify,
     "idle": scenarios.idle,
     "cluster": scenarios.cluster,
     "rest": scenarios.rest,

@@ -594,6 +594,85 @@ async def marks(
     return await groups(ctx, target, servers, **kwargs, marks=True)
 
 
+async def notify(
+    ctx: Ctx, target: str, servers: list[Server], users_n: int, pushes: int
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """service targets only: `users_n` connected users; a service pushes `pushes`
+    notifications, each to all of them, over REST (`POST /api/v1/notifications` with a
+    service token), the next when the previous is answered."""
+    import httpx
+
+    from app.security import encode_token
+
+    pool = ctx.pool
+    server = servers[0]
+    offsets = [s.log_size() for s in servers]
+    tag = uuid.uuid4().hex[:8]
+    names = users(f"n{tag}", users_n)
+    opened = await open_all(ctx, specs_for(Topology(names, {}), {}, servers, pool.n), join=False)
+    if opened["open_failed"]:
+        await pool.all("close", _timeout=60)
+        raise RuntimeError(f"{opened['open_failed']} clients failed: {opened['open_failures']}")
+    token = encode_token(f"bench-service-{tag}", secret=ctx.secret, role="service")
+    titles = [f"{tag}-{k}" for k in range(pushes)]
+    posted = array.array("q")
+    profiler = None
+    if ctx.profile_dir is not None:
+        profiler = Profiler(server.pid, ctx.profile_dir / f"pyspy-{target}-notify-{tag}.txt")
+        profiler.start()
+    window = CpuWindow(cpu_pids(servers, pool))
+    window.start()
+    first = time.time_ns()
+    async with httpx.AsyncClient(timeout=60) as client:
+        for title in titles:
+            sent = time.time_ns()
+            await rest_json(
+                client,
+                "POST",
+                f"http://127.0.0.1:{server.port}/api/v1/notifications",
+                token,
+                {"user_ids": names, "type": "bench", "title": title, "content": f"B|{sent}|x"},
+            )
+            posted.append(time.time_ns() - sent)
+    drained = await drain(ctx, users_n * pushes)
+    cpu = cpu_metrics(window.stop(), len(servers), pool.n)
+    profile = await profiler.stop() if profiler is not None else {}
+    fins = await pool.all("notes_finish", titles=titles)
+    await pool.all("close", _timeout=60)
+    deliveries = sum(f["received"] for f in fins)
+    last = max(f["last_recv_ns"] for f in fins)
+    span = (last - first) / 1e9 if last > first else 0.0
+    server_cpu_s = cpu["server_cpu_pct"] / 100 * (cpu["window_s"] or 0.0)
+    errors: dict[str, int] = {}
+    closes: dict[str, int] = {}
+    for f in fins:
+        for k, v in f["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+        for k, v in f["unexpected_closes"].items():
+            closes[k] = closes.get(k, 0) + v
+    metrics: dict[str, Any] = {
+        "connections": opened["opened"],
+        "pushes": pushes,
+        "expected_deliveries": users_n * pushes,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries / span if span > 0 else 0.0,
+        "server_us_per_delivery": server_cpu_s / deliveries * 1e6 if deliveries else 0.0,
+        "lost": sum(f["lost"] for f in fins),
+        "duplicates": sum(f["duplicates"] for f in fins),
+        "out_of_order": sum(f["out_of_order"] for f in fins),
+        "unexpected_closes": closes,
+        "server_errors": errors,
+        **drained,
+        **cpu,
+        **lat_summary(unpack([f["lat_ns"] for f in fins])),
+        **lat_summary(sorted(posted), "push"),
+        **log_issues(servers, offsets),
+    }
+    if profile:
+        metrics["profile"] = profile
+    return metrics, {"all": cdf(unpack([f["lat_ns"] for f in fins]))}
+
+
 async def cluster(
     ctx: Ctx, target: str, servers: list[Server], members: int, per_s: float, duration: float
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
