@@ -65,10 +65,6 @@ def notification_data(row: Notification) -> dict[str, Any]:
     }
 
 
-def notification_event(row: Notification) -> dict[str, Any]:
-    return {"user_id": row.user_id, **notification_data(row)}
-
-
 def membership_event(*, group_id: str, user_id: str, added: bool, last_seq: int) -> dict[str, Any]:
     return {"group_id": group_id, "user_id": user_id, "added": added, "last_seq": last_seq}
 

@@ -24,19 +24,21 @@ def notification_public(row: Notification) -> dict[str, Any]:
 
 async def push(
     ctx: ServiceContext, *, user_ids: Sequence[str], type: str, title: str, content: str
-) -> list[Notification]:
+) -> list[dict[str, Any]]:
+    """Store one notification per distinct user and publish each after the commit; returns
+    their `notification` event data (each with its user_id)."""
     async with ctx.session() as session:
-        rows = await NotificationRepository(session).add_many(
+        created = await NotificationRepository(session).add_many(
             user_ids=user_ids, type=type, title=title, content=content
         )
-        stream = ctx.settings.STREAM_NOTIFICATIONS
-        staged = [
-            ctx.stage(session, stream, BusEvent(events.NOTIFICATION, events.notification_event(r)))
-            for r in rows
-        ]
+        staged = await ctx.stage_many(
+            session,
+            ctx.settings.STREAM_NOTIFICATIONS,
+            [BusEvent(events.NOTIFICATION, data) for data in created],
+        )
         await session.commit()
     await ctx.dispatch(*staged)
-    return rows
+    return created
 
 
 async def page(

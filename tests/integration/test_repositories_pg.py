@@ -30,6 +30,7 @@ from app.services.outbox import OutboxRelay, decode_entry, encode_entry
 from tests.support.chat import (
     MEMBERS,
     new_group,
+    notifications_pushed_with_their_outbox_entries,
     read_marks_clamp_never_go_back_and_announce_only_moves,
     read_updates_in_the_outbox,
     send,
@@ -190,6 +191,12 @@ async def test_read_marks_clamp_never_go_back_and_announce_only_moves(
 
 async def test_read_marks_store_their_read_updates_in_the_outbox(ctx: ServiceContext) -> None:
     await read_updates_in_the_outbox(ctx)
+
+
+async def test_a_notification_push_stores_its_rows_and_outbox_entries(
+    ctx: ServiceContext,
+) -> None:
+    await notifications_pushed_with_their_outbox_entries(ctx)
 
 
 async def test_concurrent_marks_of_one_user_store_the_highest_and_announce_it(

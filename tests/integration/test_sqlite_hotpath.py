@@ -35,6 +35,7 @@ from app.services.outbox import OutboxRelay, decode_entry
 from tests.support.chat import (
     MEMBERS,
     new_group,
+    notifications_pushed_with_their_outbox_entries,
     read_marks_clamp_never_go_back_and_announce_only_moves,
     read_updates_in_the_outbox,
     send,
@@ -412,6 +413,11 @@ async def test_beside_a_redis_bus_each_send_and_mark_stores_its_outbox_entry(
         ]
         assert [(e.kind, e.data) for e in sent] == [(events.MESSAGE, m) for m in acks]
         await read_updates_in_the_outbox(ctx)
+
+
+async def test_a_notification_push_stores_its_rows_and_outbox_entries(tmp_path: Path) -> None:
+    async with embedded(tmp_path / "notes.db") as ctx:
+        await notifications_pushed_with_their_outbox_entries(ctx)
 
 
 @pytest.mark.redis

@@ -15,7 +15,6 @@ from app.schemas.api import (
     NotificationsPublic,
 )
 from app.services import notifications
-from app.services.notifications import notification_public
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
@@ -54,7 +53,11 @@ async def read_one(
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=NotificationsCreated)
 async def push(body: NotificationCreate, caller: ServiceCaller, ctx: Ctx) -> dict[str, object]:
     """Service token only: store one notification per user and push it live."""
-    rows = await notifications.push(
+    created = await notifications.push(
         ctx, user_ids=body.user_ids, type=body.type, title=body.title, content=body.content
     )
-    return {"items": [notification_public(r) for r in rows], "user_ids": [r.user_id for r in rows]}
+    # Each item is its notification's event data (NotificationPublic keeps its fields only).
+    return {
+        "items": [{**data, "read_at": None} for data in created],
+        "user_ids": [data["user_id"] for data in created],
+    }
