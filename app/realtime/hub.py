@@ -347,22 +347,32 @@ class Hub:
                 self._arm_gap_timer(channel)
 
     def _on_notification(self, data: dict[str, Any]) -> None:
-        peers = self.by_user.get(data["user_id"])
-        if not peers:
-            return
-        # The outbox relay may publish an entry twice (a crash between publish and delete):
-        # a notification id seen lately is not pushed again.
-        notification_id = data["notification_id"]
-        if notification_id in self._recent_notifications:
-            return
-        self._recent_notifications[notification_id] = None
-        if len(self._recent_notifications) > RECENT_NOTIFICATIONS:
-            self._recent_notifications.popitem(last=False)
-        body = {k: v for k, v in data.items() if k != "user_id"}
-        frame = frames.notification(body)
-        for conn in peers:
-            conn.push(frame)
-        self._m_send.inc(len(peers))
+        """A push: `users` ([user_id, notification_id] pairs, one event per push) with the
+        fields they share, or (an event published before pushes were one event) one user's
+        `user_id` and `notification_id`."""
+        users = data.get("users")
+        if users is None:
+            users = [(data["user_id"], data["notification_id"])]
+        body = {k: data[k] for k in ("type", "title", "content", "created_at")}
+        sent = 0
+        recent = self._recent_notifications
+        for user_id, notification_id in users:
+            peers = self.by_user.get(user_id)
+            if not peers:
+                continue
+            # The outbox relay may publish an entry twice (a crash between publish and
+            # delete): a notification id seen lately is not pushed again.
+            if notification_id in recent:
+                continue
+            recent[notification_id] = None
+            if len(recent) > RECENT_NOTIFICATIONS:
+                recent.popitem(last=False)
+            frame = frames.notification({"notification_id": notification_id, **body})
+            for conn in peers:
+                conn.push(frame)
+            sent += len(peers)
+        if sent:
+            self._m_send.inc(sent)
 
     def _on_membership(self, data: dict[str, Any]) -> None:
         user_id = data["user_id"]

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -63,22 +62,6 @@ class ServiceContext:
             staged.entry = OutboxEntry(stream=stream, payload=encode_entry(event))
             session.add(staged.entry)
         return staged
-
-    async def stage_many(
-        self, session: AsyncSession, stream: str, events: list[BusEvent]
-    ) -> list[Staged]:
-        """`stage` for many events: their outbox entries (when the outbox is on) in one
-        multi-row INSERT instead of an ORM object each."""
-        if self.outbox is None or not events:
-            return [Staged(stream, event) for event in events]
-        ids = await session.scalars(
-            insert(OutboxEntry).returning(OutboxEntry.id, sort_by_parameter_order=True),
-            [{"stream": stream, "payload": encode_entry(event)} for event in events],
-        )
-        return [
-            Staged(stream, event, outbox_id=outbox_id)
-            for event, outbox_id in zip(events, ids, strict=True)
-        ]
 
     async def dispatch(self, *staged: Staged) -> None:
         """Publish staged events after their commit; a bus outage leaves them to the relay."""

@@ -25,19 +25,28 @@ def notification_public(row: Notification) -> dict[str, Any]:
 async def push(
     ctx: ServiceContext, *, user_ids: Sequence[str], type: str, title: str, content: str
 ) -> list[dict[str, Any]]:
-    """Store one notification per distinct user and publish each after the commit; returns
-    their `notification` event data (each with its user_id)."""
+    """Store one notification per distinct user and publish the push after the commit; returns
+    their `notification` event data (each with its user_id).
+
+    The push is one bus event (`users`: [user_id, notification_id] pairs, and the fields they
+    share), not one per user: one outbox entry, one stream entry, one read by each instance.
+    """
     async with ctx.session() as session:
         created = await NotificationRepository(session).add_many(
             user_ids=user_ids, type=type, title=title, content=content
         )
-        staged = await ctx.stage_many(
-            session,
-            ctx.settings.STREAM_NOTIFICATIONS,
-            [BusEvent(events.NOTIFICATION, data) for data in created],
+        if not created:
+            return []
+        first = created[0]
+        data = {
+            "users": [[c["user_id"], c["notification_id"]] for c in created],
+            **{k: first[k] for k in ("type", "title", "content", "created_at")},
+        }
+        staged = ctx.stage(
+            session, ctx.settings.STREAM_NOTIFICATIONS, BusEvent(events.NOTIFICATION, data)
         )
         await session.commit()
-    await ctx.dispatch(*staged)
+    await ctx.dispatch(staged)
     return created
 
 

@@ -489,6 +489,26 @@ async def test_a_notification_published_twice_is_pushed_once() -> None:
     assert [f["data"]["notification_id"] for f in transport.of_type("notification")] == ["n1", "n2"]
 
 
+async def test_a_push_event_gives_each_connected_user_their_own_notification() -> None:
+    """One event per push: every connection of each listed user that is on this instance
+    gets a frame with that user's notification id and the shared fields; a user who is not
+    connected here costs nothing, and the event published again pushes nothing twice."""
+    hub = make_hub()
+    erin_tab, erin_phone, frank = FakeTransport(), FakeTransport(), FakeTransport()
+    hub.attach_user(make_conn(erin_tab, user="erin"))
+    hub.attach_user(make_conn(erin_phone, user="erin"))
+    hub.attach_user(make_conn(frank, user="frank"))
+    shared = {"type": "t", "title": "Hall B", "content": "at 10", "created_at": 7}
+    push = {"users": [["erin", "n-e"], ["gina", "n-g"], ["frank", "n-f"]], **shared}
+    hub.deliver(BusEvent(events.NOTIFICATION, push))
+    hub.deliver(BusEvent(events.NOTIFICATION, dict(push)))
+    for transport, notification_id in ((erin_tab, "n-e"), (erin_phone, "n-e"), (frank, "n-f")):
+        await transport.wait_sent(1)
+        assert [f["data"] for f in transport.of_type("notification")] == [
+            {"notification_id": notification_id, **shared}
+        ]
+
+
 async def test_gap_fill_that_finds_the_gap_closed_does_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
