@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import calendar
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,3 +84,46 @@ class NewMessage:
             self.image_url,
             self.client_msg_id,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotifications:
+    """One push: a notification for each of `user_ids` (distinct), sharing the rest."""
+
+    ids: list[str]
+    user_ids: list[str]
+    type: str
+    title: str
+    content: str
+    created_at: datetime
+
+    @classmethod
+    def push(
+        cls, user_ids: Sequence[str], *, type: str, title: str, content: str
+    ) -> NewNotifications:
+        users = list(dict.fromkeys(user_ids))
+        ids = [str(uuid.uuid4()) for _ in users]
+        return cls(ids, users, type, title, content, utcnow())
+
+    def shared(self) -> dict[str, Any]:
+        """The `notification` fields (SPEC §3.3) every one of them has."""
+        return {
+            "type": self.type,
+            "title": self.title,
+            "content": self.content,
+            "created_at": to_ms(self.created_at),
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows to insert (`notifications` columns)."""
+        return [
+            {
+                "id": notification_id,
+                "user_id": user_id,
+                "type": self.type,
+                "title": self.title,
+                "content": self.content,
+                "created_at": self.created_at,
+            }
+            for notification_id, user_id in zip(self.ids, self.user_ids, strict=True)
+        ]

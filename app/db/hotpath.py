@@ -3,7 +3,8 @@
 Postgres only. Through an ORM session each of these cost 0.5–1 ms of CPU (session, pool
 checkout, greenlet hops, compiled-statement bookkeeping); here each is one prepared
 statement on a connection lent by app.db.pgpool, 0.1–0.2 ms. The REST offline fetch (`GET
-/messages/offline`, what every client asks on reconnect) reads here too. Everything else
+/messages/offline`, what every client asks on reconnect) reads here too, and notification
+pushes are stored here (one statement for all of a push's rows). Everything else
 (the rest of REST, group management, the outbox relay) stays on SQLAlchemy.
 No statement leaves session state behind (no SET, LISTEN, cursors or advisory locks, no
 open transaction), so a connection goes back to the pool as it is: no reset query.
@@ -30,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from app.db.base import NewMessage
+from app.db.base import NewMessage, NewNotifications
 from app.db.pgpool import LeanPool
 from app.errors import Unavailable
 from app.schemas.events import message_fields
@@ -111,6 +112,21 @@ FROM mark LEFT JOIN announced USING (k)
 """
 
 MARKS_BATCH = 500  # (user, group) entries per read-mark statement
+
+# A push's notifications ($1 ids, $2 users: arrays; the rest shared) and, when $7 (the outbox
+# stream) is set, the push's bus event ($8) in the outbox. One autocommitted statement.
+STORE_NOTIFICATIONS = """
+WITH stored AS (
+    INSERT INTO notifications (id, user_id, type, title, content, created_at)
+    SELECT n.id, n.user_id, $3, $4, $5, $6
+    FROM unnest($1::varchar[], $2::varchar[]) AS n(id, user_id)
+), event AS (
+    INSERT INTO outbox (stream, payload, created_at)
+    SELECT $7::varchar, $8::bytea, $6 WHERE $7::varchar IS NOT NULL
+    RETURNING id
+)
+SELECT (SELECT id FROM event)
+"""
 
 # The groups of every user in a batch of WebSocket auths (HotPath.seqs_for_user).
 SEQS_FOR_USERS = """
@@ -479,6 +495,25 @@ class HotPath:
             key = keys[k - 1]
             found[key] = (MarkRow(before, now, outbox_id), asks[key])
         return found
+
+    async def store_notifications(
+        self, new: NewNotifications, *, outbox_stream: str | None, outbox_event: bytes
+    ) -> int | None:
+        """Store a push's notifications; with `outbox_stream`, `outbox_event` (the push's
+        encoded bus event) goes to the outbox in the same statement: its entry id."""
+        async with self._connection() as connection:
+            outbox_id: int | None = await connection.fetchval(
+                STORE_NOTIFICATIONS,
+                new.ids,
+                new.user_ids,
+                new.type,
+                new.title,
+                new.content,
+                new.created_at,
+                outbox_stream,
+                outbox_event if outbox_stream is not None else None,
+            )
+        return outbox_id
 
     async def messages_after(
         self, group_id: str, after_seq: int, limit: int

@@ -6,13 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.bus.base import BusEvent
-from app.db.base import to_ms
+from app.db.base import NewNotifications, to_ms
+from app.db.hotpath import HotPath
 from app.db.models import Notification
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.notifications import NotificationRepository
 from app.errors import NotFound
 from app.schemas import events
 from app.services.context import ServiceContext
+from app.services.outbox import Staged, encode_entry
 
 
 def notification_public(row: Notification) -> dict[str, Any]:
@@ -31,23 +33,28 @@ async def push(
     The push is one bus event (`users`: [user_id, notification_id] pairs, and the fields they
     share), not one per user: one outbox entry, one stream entry, one read by each instance.
     """
-    async with ctx.session() as session:
-        created = await NotificationRepository(session).add_many(
-            user_ids=user_ids, type=type, title=title, content=content
+    new = NewNotifications.push(user_ids, type=type, title=title, content=content)
+    if not new.ids:
+        return []
+    shared = new.shared()
+    pairs = [[user_id, n_id] for user_id, n_id in zip(new.user_ids, new.ids, strict=True)]
+    event = BusEvent(events.NOTIFICATION, {"users": pairs, **shared})
+    stream = ctx.settings.STREAM_NOTIFICATIONS
+    if isinstance(ctx.hot, HotPath):
+        use_outbox = ctx.outbox is not None
+        outbox_id = await ctx.hot.store_notifications(
+            new,
+            outbox_stream=stream if use_outbox else None,
+            outbox_event=encode_entry(event) if use_outbox else b"",
         )
-        if not created:
-            return []
-        first = created[0]
-        data = {
-            "users": [[c["user_id"], c["notification_id"]] for c in created],
-            **{k: first[k] for k in ("type", "title", "content", "created_at")},
-        }
-        staged = ctx.stage(
-            session, ctx.settings.STREAM_NOTIFICATIONS, BusEvent(events.NOTIFICATION, data)
-        )
-        await session.commit()
+        staged = Staged(stream, event, outbox_id=outbox_id)
+    else:
+        async with ctx.session() as session:
+            await NotificationRepository(session).add_many(new)
+            staged = ctx.stage(session, stream, event)
+            await session.commit()
     await ctx.dispatch(staged)
-    return created
+    return [{"user_id": user_id, "notification_id": n_id, **shared} for user_id, n_id in pairs]
 
 
 async def page(

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app.bus.base import BusEvent
 from app.bus.memory import InMemoryBus
 from app.config import Settings
-from app.db.base import NewMessage
+from app.db.base import NewMessage, NewNotifications
 from app.db.hotpath import UNREAD, HotPath, MarkRow, asyncpg_dsn
 from app.db.models import Message, OutboxEntry
 from app.db.repositories.groups import GroupRepository
@@ -488,6 +488,11 @@ async def test_hot_path_outage_is_unavailable(unused_tcp_port: int) -> None:
                 outbox_event=b"",
             ),
             idle.advance_read_mark("bob", "g", 1),
+            idle.store_notifications(
+                NewNotifications.push(["bob"], type="t", title="T", content=""),
+                outbox_stream=None,
+                outbox_event=b"",
+            ),
         ):
             with pytest.raises(Unavailable):
                 await call

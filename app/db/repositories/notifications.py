@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import to_ms, utcnow
+from app.db.base import NewNotifications, utcnow
 from app.db.models import Notification
 
 
@@ -18,37 +15,10 @@ class NotificationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_many(
-        self, *, user_ids: Sequence[str], type: str, title: str, content: str
-    ) -> list[dict[str, Any]]:
-        """One notification per distinct user, in one multi-row INSERT (no ORM object per
-        row: for a push to 1,000 users those cost more than the database did); returns each
-        row's `notification` event data (SPEC §3.3, with its user_id)."""
-        now = utcnow()
-        rows = [
-            {
-                "id": str(uuid.uuid4()),
-                "user_id": user_id,
-                "type": type,
-                "title": title,
-                "content": content,
-                "created_at": now,
-            }
-            for user_id in dict.fromkeys(user_ids)
-        ]
-        await self.session.execute(insert(Notification), rows)
-        created_ms = to_ms(now)
-        return [
-            {
-                "user_id": row["user_id"],
-                "notification_id": row["id"],
-                "type": type,
-                "title": title,
-                "content": content,
-                "created_at": created_ms,
-            }
-            for row in rows
-        ]
+    async def add_many(self, new: NewNotifications) -> None:
+        """The push's notifications in one multi-row INSERT (no ORM object per row: for a push
+        to 1,000 users those cost more than the database did)."""
+        await self.session.execute(insert(Notification), new.rows())
 
     async def page(
         self,
