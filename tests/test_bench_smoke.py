@@ -153,3 +153,41 @@ def test_bench_marks_tiny(tmp_path: Path) -> None:
     assert (m["marks_unanswered"], m["marks_mismatched"], m["marks_refused"]) == (0, 0, {})
     assert m["marks_checked"] == 20, "every user's stored mark read back"
     assert m["mark_samples"] == m["marks_acked"]
+
+
+def test_bench_notify_tiny(tmp_path: Path) -> None:
+    """The notify scenario: every user gets every push once, in order, latencies recorded."""
+    results_dir = tmp_path / "results"
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        "--quick",
+        "--scenarios",
+        "notify",
+        "--targets",
+        "service-embedded",
+        "--notify",
+        "20,3",
+        "--repeats",
+        "1",
+        "--workers",
+        "1",
+        "--results-dir",
+        str(results_dir),
+        "--no-docs",
+        "--no-plots",
+        "--time-limit",
+        "50",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (written,) = results_dir.glob("*.json")
+    (run,) = json.loads(written.read_text())["runs"]
+    assert run["variant"] == "notify-20x3" and "error" not in run, run.get("error")
+    m = run["metrics"]
+    assert (m["connections"], m["pushes"], m["deliveries"]) == (20, 3, 60)
+    assert (m["lost"], m["duplicates"], m["out_of_order"]) == (0, 0, 0)
+    assert m["lat_samples"] == 60 and m["push_samples"] == 3
+    assert not m["unexpected_closes"] and not m["server_errors"]
