@@ -130,6 +130,14 @@ def pct(samples: list[int], points: list[float]) -> list[float]:
     return [samples[min(last, max(0, round(p / 100 * last)))] for p in points]
 
 
+def summed(parts: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """The counts under `key` of every worker's answer, added up."""
+    total: Counter[str] = Counter()
+    for part in parts:
+        total.update(part[key])
+    return dict(total)
+
+
 def lat_summary(samples_ns: list[int], prefix: str = "lat") -> dict[str, float]:
     """Percentiles in milliseconds of sorted nanosecond samples."""
     if not samples_ns:
@@ -304,10 +312,7 @@ async def open_all(
     failed = sum(r["failed"] for r in res)
     t0 = min(r["t_start_ns"] for r in res)
     t1 = max(r["t_end_ns"] for r in res)
-    failures: dict[str, int] = {}
-    for r in res:
-        for k, v in r["failures"].items():
-            failures[k] = failures.get(k, 0) + v
+    failures = summed(res, "failures")
     return {
         "opened": opened,
         "open_failed": failed,
@@ -441,13 +446,7 @@ async def message_run(
     lat_remote = unpack([f["lat_remote_ns"] for f in fins])
     lat_all = sorted(lat_local + lat_remote) if lat_remote else lat_local
     ack_lat = unpack([s["ack_lat_ns"] for s in sends])
-    errors: dict[str, int] = {}
-    closes: dict[str, int] = {}
-    for f in fins:
-        for k, v in f["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-        for k, v in f["unexpected_closes"].items():
-            closes[k] = closes.get(k, 0) + v
+    errors, closes = summed(fins, "errors"), summed(fins, "unexpected_closes")
     span = (last_recv - first_send) / 1e9 if last_recv and first_send else 0.0
     server_cpu_s = cpu["server_cpu_pct"] / 100 * (cpu["window_s"] or 0.0)
     metrics.update(
@@ -526,10 +525,7 @@ async def mark_metrics(
             )
             stored = {g["group_id"]: g["last_read_seq"] for g in page["items"]}
             mismatched += sum(1 for g, m in marks.items() if stored.get(g) != m)
-    refused: dict[str, int] = {}
-    for f in fins:
-        for k, v in f["marks_refused"].items():
-            refused[k] = refused.get(k, 0) + v
+    refused = summed(fins, "marks_refused")
     acked = sum(f["marks_acked"] for f in fins)
     return {
         "marks_sent": sum(f["marks_sent"] for f in fins),
@@ -643,13 +639,7 @@ async def notify(
     last = max(f["last_recv_ns"] for f in fins)
     span = (last - first) / 1e9 if last > first else 0.0
     server_cpu_s = cpu["server_cpu_pct"] / 100 * (cpu["window_s"] or 0.0)
-    errors: dict[str, int] = {}
-    closes: dict[str, int] = {}
-    for f in fins:
-        for k, v in f["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-        for k, v in f["unexpected_closes"].items():
-            closes[k] = closes.get(k, 0) + v
+    errors, closes = summed(fins, "errors"), summed(fins, "unexpected_closes")
     metrics: dict[str, Any] = {
         "connections": opened["opened"],
         "pushes": pushes,
@@ -744,10 +734,7 @@ async def idle(
     rss2 = rss_bytes(server.pid) or 0
     fins = await ctx.pool.all("finish", expected={})
     await ctx.pool.all("close", timeout=60, _timeout=120)
-    closes: dict[str, int] = {}
-    for f in fins:
-        for k, v in f["unexpected_closes"].items():
-            closes[k] = closes.get(k, 0) + v
+    closes = summed(fins, "unexpected_closes")
     n = max(1, opened["opened"])
     metrics = {
         "connections": opened["opened"],
@@ -849,13 +836,7 @@ async def rest(
     )
     cpu = cpu_metrics(window.stop(), len(servers), pool.n)
     profile = await profiler.stop() if profiler is not None else {}
-    statuses: dict[str, int] = {}
-    pages: dict[str, int] = {}
-    for r in res:
-        for k, v in r["statuses"].items():
-            statuses[k] = statuses.get(k, 0) + v
-        for k, v in r["items_per_page"].items():
-            pages[k] = pages.get(k, 0) + v
+    statuses, pages = summed(res, "statuses"), summed(res, "items_per_page")
     lat = unpack([r["lat_ns"] for r in res])
     ok = statuses.get("200", 0)
     metrics = {

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,20 +116,19 @@ def test_bench_pinned_tiny(tmp_path: Path) -> None:
     assert f"the server on CPU {cpus[0]}, the load generator on CPU" in text
 
 
-def test_bench_marks_tiny(tmp_path: Path) -> None:
-    """The marks scenario: every delivery marked read and answered, and the marks stored for
-    the sampled users read back over REST equal to the highest each was acked."""
+def tiny_run(tmp_path: Path, scenario: str, *size: str) -> dict[str, Any]:
+    """One run of `scenario` on service-embedded at a tiny size (`size`: the scenario's
+    option and value), one generator process; its record from the results file."""
     results_dir = tmp_path / "results"
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "run.py"),
         "--quick",
         "--scenarios",
-        "marks",
+        scenario,
         "--targets",
         "service-embedded",
-        "--marks",
-        "20,5,50,1",
+        *size,
         "--repeats",
         "1",
         "--workers",
@@ -146,7 +146,15 @@ def test_bench_marks_tiny(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (written,) = results_dir.glob("*.json")
     (run,) = json.loads(written.read_text())["runs"]
-    assert run["variant"] == "marks-4x5-50ps" and "error" not in run, run.get("error")
+    assert "error" not in run, run.get("error")
+    return dict(run)
+
+
+def test_bench_marks_tiny(tmp_path: Path) -> None:
+    """The marks scenario: every delivery marked read and answered, and the marks stored for
+    the sampled users read back over REST equal to the highest each was acked."""
+    run = tiny_run(tmp_path, "marks", "--marks", "20,5,50,1")
+    assert run["variant"] == "marks-4x5-50ps"
     m = run["metrics"]
     assert m["acked"] == 50 and m["deliveries"] == 50 * 5
     assert m["marks_sent"] == m["marks_acked"] == m["deliveries"]
@@ -157,35 +165,8 @@ def test_bench_marks_tiny(tmp_path: Path) -> None:
 
 def test_bench_notify_tiny(tmp_path: Path) -> None:
     """The notify scenario: every user gets every push once, in order, latencies recorded."""
-    results_dir = tmp_path / "results"
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "run.py"),
-        "--quick",
-        "--scenarios",
-        "notify",
-        "--targets",
-        "service-embedded",
-        "--notify",
-        "20,3",
-        "--repeats",
-        "1",
-        "--workers",
-        "1",
-        "--results-dir",
-        str(results_dir),
-        "--no-docs",
-        "--no-plots",
-        "--time-limit",
-        "50",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (written,) = results_dir.glob("*.json")
-    (run,) = json.loads(written.read_text())["runs"]
-    assert run["variant"] == "notify-20x3" and "error" not in run, run.get("error")
+    run = tiny_run(tmp_path, "notify", "--notify", "20,3")
+    assert run["variant"] == "notify-20x3"
     m = run["metrics"]
     assert (m["connections"], m["pushes"], m["deliveries"]) == (20, 3, 60)
     assert (m["lost"], m["duplicates"], m["out_of_order"]) == (0, 0, 0)
