@@ -1,24 +1,25 @@
-"""Embedded mode's statements for every message, read mark and WebSocket auth, on one
-sqlite3 connection of their own, with the writes that arrive together committed together.
+"""Embedded mode's statements for every message, read mark, notification push and WebSocket
+auth, on one sqlite3 connection of their own, with the writes that arrive together committed
+together.
 
 Through the ORM on aiosqlite a send cost ~2.8 ms of the server's CPU (the bench's `groups`:
 a session, and a hop to aiosqlite's thread and back for each statement and the commit, each
 waking the event loop) and held the engine's single connection the whole time, so sends
 queued behind one another: ~330 a second, p99 8 s at 500 offered.
-Here the sends and read marks that arrive while a transaction is being written wait for the
-next, and each transaction runs in this path's own thread in one hop: its statements (each
-caller's in a savepoint of its own), then one commit.
-Auth reads are batched as on Postgres (`UserSeqReads`); the
-replay and offline reads (`messages_after`, `unread_for`) run on the same thread. The log's
-checkpoints (the only syncs to disk in WAL mode with synchronous=NORMAL) run every second
-on a connection and thread of their own, not inside a commit that sends wait for.
+Here the sends, read marks and notification pushes that arrive while a transaction is being
+written wait for the next, and each transaction runs in this path's own thread in one hop:
+its statements (each caller's in a savepoint of its own), then one commit.
+Auth reads are batched as on Postgres (`UserSeqReads`); the replay and offline reads
+(`messages_after`, `unread_for`) run on the same thread. The log's checkpoints (the only
+syncs to disk in WAL mode with synchronous=NORMAL) run every second on a connection and
+thread of their own, not inside a commit that sends wait for.
 
 The engine keeps its own connection for everything else (the rest of REST, group
-management, notifications). SQLite lets one writer in at a time; both connections wait for
-the lock (a busy timeout) instead of failing, and this path takes it at the start of each
-transaction (`BEGIN IMMEDIATE`), so a transaction never reads a snapshot that another writer
-then makes stale. Only for a database in a file: a `:memory:` database is private to its
-connection, and the service then goes through the ORM as before.
+management, notification listing and read marks). SQLite lets one writer in at a time;
+both connections wait for the lock (a busy timeout) instead of failing, and this path takes
+it at the start of each transaction (`BEGIN IMMEDIATE`), so a transaction never reads a
+snapshot that another writer then makes stale. Only for a database in a file: a `:memory:`
+database is private to its connection, and the service then goes through the ORM as before.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy.engine import Dialect
 
-from app.db.base import NewMessage, to_ms, utcnow
+from app.db.base import NewMessage, NewNotifications, to_ms, utcnow
 from app.db.hotpath import DuplicateMessage, MarkRow, SeqRows, StoredRow, UserSeqReads
 from app.db.models import Message
 from app.errors import Unavailable
@@ -63,6 +64,10 @@ RETURNING seq
 """
 TAKE_SEQ = "UPDATE groups SET last_seq = ? WHERE id = ?"
 INSERT_OUTBOX = "INSERT INTO outbox (stream, payload, created_at) VALUES (?, ?, ?)"
+INSERT_NOTIFICATION = """
+INSERT INTO notifications (id, user_id, type, title, content, created_at)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
 # The unique constraint a retry with the same client id runs into (SQLite names its columns).
 CLIENT_ID_CONFLICT = "messages.client_msg_id"
 
@@ -317,6 +322,36 @@ class SqliteHotPath:
                 INSERT_OUTBOX, (outbox_stream, orjson.dumps(entry), self._bind_time(now))
             ).lastrowid
         return MarkRow(before=before, now=target, outbox_id=outbox_id)
+
+    async def store_notifications(
+        self, new: NewNotifications, *, outbox_stream: str | None, outbox_event: bytes
+    ) -> int | None:
+        """Store a push's notifications in the next write transaction; with `outbox_stream`,
+        `outbox_event` (the push's encoded bus event) goes to the outbox beside them: its
+        entry id."""
+        outbox_id: int | None = await self._write(
+            partial(self._store_notifications, new, outbox_stream, outbox_event)
+        )
+        return outbox_id
+
+    def _store_notifications(
+        self,
+        new: NewNotifications,
+        outbox_stream: str | None,
+        outbox_event: bytes,
+        conn: sqlite3.Connection,
+    ) -> int | None:
+        stored_at = self._bind_time(new.created_at)
+        conn.executemany(
+            INSERT_NOTIFICATION,
+            [
+                (n_id, user_id, new.type, new.title, new.content, stored_at)
+                for n_id, user_id in zip(new.ids, new.user_ids, strict=True)
+            ],
+        )
+        if outbox_stream is None:
+            return None
+        return conn.execute(INSERT_OUTBOX, (outbox_stream, outbox_event, stored_at)).lastrowid
 
     async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """`run(conn)` in the next write transaction, with the others queued meanwhile."""

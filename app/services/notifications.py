@@ -7,7 +7,6 @@ from typing import Any
 
 from app.bus.base import BusEvent
 from app.db.base import NewNotifications, to_ms
-from app.db.hotpath import HotPath
 from app.db.models import Notification
 from app.db.repositories.cursor import decode_cursor, encode_cursor
 from app.db.repositories.notifications import NotificationRepository
@@ -40,7 +39,7 @@ async def push(
     pairs = [[user_id, n_id] for user_id, n_id in zip(new.user_ids, new.ids, strict=True)]
     event = BusEvent(events.NOTIFICATION, {"users": pairs, **shared})
     stream = ctx.settings.STREAM_NOTIFICATIONS
-    if isinstance(ctx.hot, HotPath):
+    if ctx.hot is not None:
         use_outbox = ctx.outbox is not None
         outbox_id = await ctx.hot.store_notifications(
             new,
