@@ -292,8 +292,15 @@ def specs_for(
 
 
 async def open_all(
-    ctx: Ctx, per: list[list[dict[str, Any]]], join: bool, timeout: float = 60
+    ctx: Ctx,
+    per: list[list[dict[str, Any]]],
+    join: bool,
+    timeout: float = 60,
+    *,
+    every: bool = True,
 ) -> dict[str, Any]:
+    """Connect and authenticate the clients `per` worker; with `every`, a client that failed
+    fails the run (all are closed first)."""
     res = await ctx.pool.each(
         "open",
         [
@@ -313,6 +320,9 @@ async def open_all(
     t0 = min(r["t_start_ns"] for r in res)
     t1 = max(r["t_end_ns"] for r in res)
     failures = summed(res, "failures")
+    if every and failed:
+        await ctx.pool.all("close", _timeout=60)
+        raise RuntimeError(f"{failed} clients failed: {failures}")
     return {
         "opened": opened,
         "open_failed": failed,
@@ -362,9 +372,6 @@ async def message_run(
     gids = await setup_groups(ctx, target, servers[0], topo, tag)
     per = specs_for(topo, gids, servers, pool.n)
     opened = await open_all(ctx, per, join=not is_service(target))
-    if opened["open_failed"]:
-        await pool.all("close", _timeout=60)
-        raise RuntimeError(f"{opened['open_failed']} clients failed: {opened['open_failures']}")
     metrics: dict[str, Any] = {
         "connections": opened["opened"],
         "open_failed": opened["open_failed"],
@@ -606,9 +613,6 @@ async def notify(
     tag = uuid.uuid4().hex[:8]
     names = users(f"n{tag}", users_n)
     opened = await open_all(ctx, specs_for(Topology(names, {}), {}, servers, pool.n), join=False)
-    if opened["open_failed"]:
-        await pool.all("close", _timeout=60)
-        raise RuntimeError(f"{opened['open_failed']} clients failed: {opened['open_failures']}")
     token = encode_token(f"bench-service-{tag}", secret=ctx.secret, role="service")
     titles = [f"{tag}-{k}" for k in range(pushes)]
     posted = array.array("q")
@@ -722,7 +726,7 @@ async def idle(
         profiler.start()
     connect_window = CpuWindow(cpu_pids(servers, ctx.pool))
     connect_window.start()
-    opened = await open_all(ctx, per, join=False, timeout=120)
+    opened = await open_all(ctx, per, join=False, timeout=120, every=False)
     connect_cpu = cpu_metrics(connect_window.stop(), len(servers), ctx.pool.n)
     profile = await profiler.stop() if profiler is not None else {}
     await asyncio.sleep(1.0)

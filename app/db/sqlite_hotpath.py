@@ -48,7 +48,7 @@ log = logging.getLogger("app.db")
 
 T = TypeVar("T")
 
-WRITE_BATCH = 500  # sends and read marks per transaction
+WRITE_BATCH = 500  # writes (sends, read marks, pushes) per transaction
 CHECKPOINT_EVERY = 1.0  # seconds between the checkpoints run beside the writes
 
 # The group's next seq is taken by the statement that inserts the message, inside a write
@@ -129,8 +129,8 @@ def sqlite_file(url_database: str | None) -> bool:
 
 
 class SqliteHotPath:
-    """app.db.hotpath's statements (`store_message`, `seqs_for_user`, `messages_after`,
-    `unread_for`) for SQLite, and `advance_read_mark`."""
+    """app.db.hotpath's calls (`store_message`, `advance_read_mark`, `store_notifications`,
+    `seqs_for_user`, `messages_after`, `unread_for`) for SQLite."""
 
     def __init__(
         self,
@@ -270,9 +270,7 @@ class SqliteHotPath:
         conn.execute(TAKE_SEQ, (seq, new.group_id))
         outbox_id = None
         if outbox_stream is not None:
-            entry = orjson.loads(outbox_event)
-            entry["d"]["seq"], entry["d"]["created_at"] = seq, created_ms
-            payload = orjson.dumps(entry)
+            payload = _filled(outbox_event, seq=seq, created_at=created_ms)
             outbox_id = conn.execute(INSERT_OUTBOX, (outbox_stream, payload, stored_at)).lastrowid
         return StoredRow(seq=seq, created_ms=created_ms, outbox_id=outbox_id)
 
@@ -316,10 +314,9 @@ class SqliteHotPath:
         conn.execute(ADVANCE_READ_MARK, (user_id, group_id, target, self._bind_time(now)))
         outbox_id = None
         if outbox_stream is not None:
-            entry = orjson.loads(outbox_event)
-            entry["d"]["last_read_seq"] = target
+            payload = _filled(outbox_event, last_read_seq=target)
             outbox_id = conn.execute(
-                INSERT_OUTBOX, (outbox_stream, orjson.dumps(entry), self._bind_time(now))
+                INSERT_OUTBOX, (outbox_stream, payload, self._bind_time(now))
             ).lastrowid
         return MarkRow(before=before, now=target, outbox_id=outbox_id)
 
@@ -462,6 +459,14 @@ class SqliteHotPath:
         if self._conn is None:
             raise Unavailable("storage closed")
         return self._conn
+
+
+def _filled(event: bytes, **data: Any) -> bytes:
+    """An encoded bus event (`encode_entry`) with `data` set in its data: what the storing
+    statement learnt (seq, time, the mark stored), as Postgres's jsonb_set fills it in."""
+    entry = orjson.loads(event)
+    entry["d"].update(data)
+    return orjson.dumps(entry)
 
 
 def _checkpoint_once(conn: sqlite3.Connection) -> None:

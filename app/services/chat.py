@@ -20,7 +20,7 @@ from app.db.repositories.read_marks import ReadMarkRepository
 from app.errors import BadRequest, NotMember, TooLarge
 from app.schemas import events
 from app.services.context import ServiceContext
-from app.services.outbox import Staged, encode_entry
+from app.services.outbox import Staged
 
 log = logging.getLogger("app.services.chat")
 
@@ -128,12 +128,9 @@ async def send_message(
         data = events.message_fields(
             new.id, group_id, 0, new.sender_id, new.sender_name, kind, text, url, 0
         )
-        use_outbox = ctx.outbox is not None
         try:
             row = await ctx.hot.store_message(
-                new,
-                outbox_stream=stream if use_outbox else None,
-                outbox_event=encode_entry(BusEvent(events.MESSAGE, data)) if use_outbox else b"",
+                new, **ctx.for_outbox(stream, BusEvent(events.MESSAGE, data))
             )
         except DuplicateMessage:
             assert client_msg_id is not None  # only a client id can repeat
@@ -218,13 +215,8 @@ async def mark_read(
         # One statement (Postgres) or a savepoint in the next write transaction (SQLite);
         # last_read_seq (0 here) is filled in with the mark stored.
         data = events.read_event(user_id=user_id, group_id=group_id, last_read_seq=0, origin=origin)
-        use_outbox = ctx.outbox is not None
         row = await ctx.hot.advance_read_mark(
-            user_id,
-            group_id,
-            seq,
-            outbox_stream=stream if use_outbox else None,
-            outbox_event=encode_entry(BusEvent(events.READ, data)) if use_outbox else b"",
+            user_id, group_id, seq, **ctx.for_outbox(stream, BusEvent(events.READ, data))
         )
         if row is None:
             raise NotMember()

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -62,6 +63,14 @@ class ServiceContext:
             staged.entry = OutboxEntry(stream=stream, payload=encode_entry(event))
             session.add(staged.entry)
         return staged
+
+    def for_outbox(self, stream: str, event: BusEvent) -> dict[str, Any]:
+        """The `outbox_stream` and `outbox_event` keywords of a hot-path write: `event`,
+        encoded, to store for `stream` in the same statement when the outbox is on; nothing
+        when it is off."""
+        if self.outbox is None:
+            return {"outbox_stream": None, "outbox_event": b""}
+        return {"outbox_stream": stream, "outbox_event": encode_entry(event)}
 
     async def dispatch(self, *staged: Staged) -> None:
         """Publish staged events after their commit; a bus outage leaves them to the relay."""

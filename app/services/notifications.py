@@ -13,7 +13,7 @@ from app.db.repositories.notifications import NotificationRepository
 from app.errors import NotFound
 from app.schemas import events
 from app.services.context import ServiceContext
-from app.services.outbox import Staged, encode_entry
+from app.services.outbox import Staged
 
 
 def notification_public(row: Notification) -> dict[str, Any]:
@@ -40,12 +40,7 @@ async def push(
     event = BusEvent(events.NOTIFICATION, {"users": pairs, **shared})
     stream = ctx.settings.STREAM_NOTIFICATIONS
     if ctx.hot is not None:
-        use_outbox = ctx.outbox is not None
-        outbox_id = await ctx.hot.store_notifications(
-            new,
-            outbox_stream=stream if use_outbox else None,
-            outbox_event=encode_entry(event) if use_outbox else b"",
-        )
+        outbox_id = await ctx.hot.store_notifications(new, **ctx.for_outbox(stream, event))
         staged = Staged(stream, event, outbox_id=outbox_id)
     else:
         async with ctx.session() as session:

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from app.bus.base import BusEvent
-from app.db.models import Message, OutboxEntry
+from app.db.models import Message, Notification, OutboxEntry
 from app.db.repositories.messages import MessageRepository
 from app.db.repositories.read_marks import ReadMarkRepository
 from app.errors import NotMember
 from app.schemas import events
-from app.services import chat, groups
+from app.services import chat, groups, notifications
 from app.services.chat import Sender, SendResult
 from app.services.context import ServiceContext
 from app.services.outbox import OutboxRelay, decode_entry
@@ -140,9 +140,6 @@ async def notifications_pushed_with_their_outbox_entries(ctx: ServiceContext) ->
     """A push to 300 users (one named twice) stores one row per user and, with the outbox on
     (its relay not running), one entry for the whole push, published as one event whose
     pairs are the stored rows; that entry is what the relay is told was published."""
-    from app.db.models import Notification
-    from app.services import notifications
-
     relay = ctx.outbox = OutboxRelay(ctx.sessions, ctx.bus)
     stream = ctx.settings.STREAM_NOTIFICATIONS
     users = [f"{uuid.uuid4().hex[:8]}-{i}" for i in range(300)]
