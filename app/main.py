@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.api.errors import install_error_handlers
+from app.api.errors import error_responses, install_error_handlers
 from app.api.routes import groups, health, messages, notifications, web, ws
 from app.bus import Bus, BusEvent, create_bus
 from app.config import Settings, get_settings
@@ -206,9 +206,10 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     )
     install_error_handlers(app)
     api = "/api/v1"
-    app.include_router(groups.router, prefix=api)
-    app.include_router(messages.router, prefix=api)
-    app.include_router(notifications.router, prefix=api)
+    every = error_responses(401, 503)  # every /api/v1 route authenticates and stores
+    app.include_router(groups.router, prefix=api, responses=every)
+    app.include_router(messages.router, prefix=api, responses=every)
+    app.include_router(notifications.router, prefix=api, responses=every)
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.errors import AppError, NotMember
+from app.schemas.api import ErrorOut, ValidationErrorOut
+
+# What each status means on /api/v1, as the OpenAPI document tells it.
+WHEN: dict[int, str] = {
+    400: "the body is not JSON, or a field's value is refused (e.g. `msg_type`)",
+    401: "missing, malformed or expired bearer token",
+    403: "the caller may not do this (not the owner; not a service token)",
+    404: "no such group for the caller (a group it is not a member of included), or no "
+    "such member or notification",
+    409: "conflicts with the current state (already a member; the owner cannot leave)",
+    413: "content or image_url over its limit",
+    422: "a field failed validation",
+    503: "storage or bus unavailable; retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the errors a route can answer, all `{"detail": ...}`."""
+    return {
+        code: {"model": ValidationErrorOut if code == 422 else ErrorOut, "description": WHEN[code]}
+        for code in codes
+    }
 
 
 async def app_error_handler(request: Request, exc: Exception) -> JSONResponse:

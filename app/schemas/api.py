@@ -146,3 +146,21 @@ class Count(BaseModel):
 class OnlinePublic(BaseModel):
     group_id: str
     user_ids: list[str]
+
+
+class ErrorOut(BaseModel):
+    """Every REST error (SPEC §4)."""
+
+    detail: str = Field(description="what went wrong, for a person to read")
+
+
+class FieldError(BaseModel):
+    type: str = Field(description="pydantic's error type, e.g. `missing`, `string_too_long`")
+    loc: list[str | int] = Field(description="where: `body`, `query` or `path`, then the field")
+    msg: str
+
+
+class ValidationErrorOut(BaseModel):
+    """422: the fields that failed validation, or one message (e.g. a malformed cursor)."""
+
+    detail: list[FieldError] | str

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import Ctx, CurrentUser, Cursor, GroupIdPath, Limit, UserIdPath
+from app.api.errors import error_responses
 from app.schemas.api import (
     GroupCreate,
     GroupPublic,
@@ -28,7 +29,12 @@ router = APIRouter(prefix="/groups", tags=["groups"])
 SeqQuery = Annotated[int | None, Query(ge=0, le=2**62)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=GroupPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GroupPublic,
+    responses=error_responses(400, 422),
+)
 async def create_group(body: GroupCreate, user: CurrentUser, ctx: Ctx) -> dict[str, object]:
     """Create a group; the caller becomes its owner and a member."""
     return await groups.create_group(
@@ -36,7 +42,7 @@ async def create_group(body: GroupCreate, user: CurrentUser, ctx: Ctx) -> dict[s
     )
 
 
-@router.get("", response_model=GroupsPublic)
+@router.get("", response_model=GroupsPublic, responses=error_responses(422))
 async def list_groups(
     user: CurrentUser, ctx: Ctx, limit: Limit = 50, cursor: Cursor = None
 ) -> dict[str, object]:
@@ -48,7 +54,10 @@ async def list_groups(
 
 
 @router.post(
-    "/{group_id}/members", status_code=status.HTTP_201_CREATED, response_model=MemberPublic
+    "/{group_id}/members",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MemberPublic,
+    responses=error_responses(400, 403, 404, 409, 422),
 )
 async def add_member(
     group_id: GroupIdPath, body: MemberAdd, user: CurrentUser, ctx: Ctx
@@ -59,7 +68,11 @@ async def add_member(
     )
 
 
-@router.delete("/{group_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{group_id}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(403, 404, 409, 422),
+)
 async def remove_member(
     group_id: GroupIdPath,
     user_id: UserIdPath,
@@ -71,7 +84,9 @@ async def remove_member(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{group_id}/messages", response_model=MessagesPublic)
+@router.get(
+    "/{group_id}/messages", response_model=MessagesPublic, responses=error_responses(404, 422)
+)
 async def history(
     group_id: GroupIdPath,
     user: CurrentUser,
@@ -104,7 +119,10 @@ async def history(
     "/{group_id}/messages",
     status_code=status.HTTP_201_CREATED,
     response_model=SendAck,
-    responses={200: {"model": SendAck, "description": "idempotent retry: the original message"}},
+    responses={
+        200: {"model": SendAck, "description": "idempotent retry: the original message"},
+        **error_responses(400, 404, 413, 422),
+    },
 )
 async def send(
     group_id: GroupIdPath, body: MessageCreate, user: CurrentUser, ctx: Ctx, response: Response
@@ -124,7 +142,9 @@ async def send(
     return result.ack
 
 
-@router.post("/{group_id}/read", response_model=ReadMarkPublic)
+@router.post(
+    "/{group_id}/read", response_model=ReadMarkPublic, responses=error_responses(400, 404, 422)
+)
 async def mark_read(
     group_id: GroupIdPath, body: ReadMarkIn, user: CurrentUser, ctx: Ctx
 ) -> dict[str, object]:
@@ -133,7 +153,7 @@ async def mark_read(
     return {"group_id": group_id, "last_read_seq": mark}
 
 
-@router.get("/{group_id}/online", response_model=OnlinePublic)
+@router.get("/{group_id}/online", response_model=OnlinePublic, responses=error_responses(404, 422))
 async def online(
     group_id: GroupIdPath, user: CurrentUser, ctx: Ctx, request: Request
 ) -> dict[str, object]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import Ctx, CurrentUser, Cursor, Limit
+from app.api.errors import error_responses
 from app.schemas.api import MessagesPublic
 from app.services import chat
 
 router = APIRouter(prefix="/messages", tags=["messages"])
 
 
-@router.get("/offline", response_model=MessagesPublic)
+@router.get("/offline", response_model=MessagesPublic, responses=error_responses(422))
 async def offline(
     user: CurrentUser, ctx: Ctx, limit: Limit = 50, cursor: Cursor = None
 ) -> dict[str, object]:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 
 from app.api.deps import NO_CONTROL, Ctx, CurrentUser, Cursor, Limit, ServiceCaller
+from app.api.errors import error_responses
 from app.schemas.api import (
     Count,
     NotificationCreate,
@@ -19,7 +20,7 @@ from app.services import notifications
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
 
-@router.get("", response_model=NotificationsPublic)
+@router.get("", response_model=NotificationsPublic, responses=error_responses(422))
 async def list_notifications(
     user: CurrentUser,
     ctx: Ctx,
@@ -40,7 +41,11 @@ async def read_all(user: CurrentUser, ctx: Ctx) -> dict[str, int]:
     return {"updated": await notifications.mark_all_read(ctx, user_id=user.user_id)}
 
 
-@router.post("/{notification_id}/read", response_model=NotificationPublic)
+@router.post(
+    "/{notification_id}/read",
+    response_model=NotificationPublic,
+    responses=error_responses(404, 422),
+)
 async def read_one(
     notification_id: Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL)],
     user: CurrentUser,
@@ -50,7 +55,12 @@ async def read_one(
     return await notifications.mark_read(ctx, user_id=user.user_id, notification_id=notification_id)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=NotificationsCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NotificationsCreated,
+    responses=error_responses(400, 403, 422),
+)
 async def push(body: NotificationCreate, caller: ServiceCaller, ctx: Ctx) -> dict[str, object]:
     """Service token only: store one notification per user and push it live."""
     created = await notifications.push(
