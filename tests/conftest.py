@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from tests.support import services
+from tests.support.openapi import checked_client
 from tests.support.server import ServerProcess
 from tests.support.tokens import SECRET
 
@@ -22,7 +23,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with checked_client(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -52,7 +53,7 @@ def pg_settings(pg_url: str) -> Settings:
 
 @pytest.fixture
 def pg_client(pg_settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(pg_settings)) as test_client:
+    with checked_client(create_app(pg_settings)) as test_client:
         yield test_client
 
 

@@ -112,10 +112,9 @@ def shared_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     For module-scoped fixtures parametrised over BACKENDS: tests sharing it keep apart by using
     user ids of their own (see `unique`).
     """
-    from fastapi.testclient import TestClient
-
     from app.config import Settings
     from app.main import create_app
+    from tests.support.openapi import checked_client
     from tests.support.tokens import SECRET
 
     url: str | None = None
@@ -128,7 +127,7 @@ def shared_client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         path = tmp_path_factory.mktemp("shared") / "test.db"
         settings = Settings(SQLITE_PATH=str(path), JWT_SECRET=SECRET, _env_file=None)
     try:
-        with TestClient(create_app(settings)) as client:
+        with checked_client(create_app(settings)) as client:
             yield client
     finally:
         if databases is not None and url is not None:
