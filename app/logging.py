@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -34,11 +35,23 @@ UVICORN_WS_LINES = frozenset(
 )
 
 
+# Set by the /ws endpoint when it refuses a handshake with an HTTP response (403, 429, 503), in
+# the task that runs the connection. uvicorn's websockets-sansio protocol (0.54) does not count
+# a refusal as a finished handshake, so after each one it logs "ASGI callable returned without
+# completing handshake." at ERROR (uvicorn PR #3138): a connection storm from one address made
+# one ERROR line per refused attempt. The refusal itself stays logged, at INFO, by uvicorn.
+HANDSHAKE_REFUSED: ContextVar[bool] = ContextVar("handshake_refused", default=False)
+UVICORN_INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
 class UvicornWebSocketLines(logging.Filter):
-    """Drops uvicorn's per-WebSocket INFO lines (refusals and errors still pass)."""
+    """Drops uvicorn's per-WebSocket INFO lines, and its ERROR about an unfinished handshake
+    when the endpoint refused that handshake itself (other refusals and errors still pass)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and record.msg in UVICORN_WS_LINES)
+        if record.levelno == logging.INFO:
+            return record.msg not in UVICORN_WS_LINES
+        return not (record.msg == UVICORN_INCOMPLETE_HANDSHAKE and HANDSHAKE_REFUSED.get())
 
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:

@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.config import Settings
+from app.logging import UVICORN_INCOMPLETE_HANDSHAKE
 from app.main import Lifecycle, create_app
 from app.realtime.presence import MemoryPresence
 from tests.support import services
@@ -255,6 +256,18 @@ async def error_code(client: WsClient, type: str, data: dict[str, Any] | None) -
     assert reply["type"] == "error", reply
     assert isinstance(reply["data"]["message"], str) and reply["data"]["message"]
     return int(reply["data"]["code"])
+
+
+async def assert_refusals_logged_at_info(server: ServerProcess) -> None:
+    """The refusals are in the server's log as uvicorn's INFO lines, and uvicorn's ERROR
+    about an unfinished handshake (which it logs after every refusal) is not."""
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        # Answered after the refused handshakes' tasks logged whatever they log: each logs
+        # right after its last write, with nothing awaited in between.
+        assert (await http.get("/health")).status_code == 200
+    text = server.log_path.read_text(errors="replace")
+    assert "connection rejected (" in text
+    assert UVICORN_INCOMPLETE_HANDSHAKE not in text
 
 
 async def handshake_status(url: str, **kwargs: Any) -> int:
@@ -617,6 +630,7 @@ async def test_instance_full_refuses_the_handshake_with_503(
         await WsClient.open(capacity_server.ws_url)
     assert refused.value.response.status_code == 503
     assert (await first.request("ping"))["type"] == "pong", "open connections are unaffected"
+    await assert_refusals_logged_at_info(capacity_server)
 
 
 async def test_origin_check_at_the_handshake(main_server: ServerProcess) -> None:
@@ -625,6 +639,7 @@ async def test_origin_check_at_the_handshake(main_server: ServerProcess) -> None
     assert await handshake_status(url, origin="http://allowed.example") == 101
     assert await handshake_status(url, origin=f"http://127.0.0.1:{main_server.port}") == 101
     assert await handshake_status(url) == 101
+    await assert_refusals_logged_at_info(main_server)
 
 
 async def test_per_ip_handshake_limit_ignores_forwarded_for_from_untrusted_peers(
@@ -639,6 +654,7 @@ async def test_per_ip_handshake_limit_ignores_forwarded_for_from_untrusted_peers
     headers = {"X-Forwarded-For": "198.51.100.7"}
     assert await handshake_status(url, additional_headers=headers, **untrusted) == 429
     assert await handshake_status(url, **untrusted) == 429
+    await assert_refusals_logged_at_info(proxy_server)
 
 
 async def test_forwarded_for_counts_clients_behind_a_trusted_proxy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from app.logging import configure_logging
+from app.logging import HANDSHAKE_REFUSED, UVICORN_INCOMPLETE_HANDSHAKE, configure_logging
 
 
 @pytest.fixture
@@ -78,3 +79,24 @@ def test_records_skip_the_lookups_no_format_shows(monkeypatch: pytest.MonkeyPatc
     assert lines[0].endswith(" INFO app.realtime [WS] User alice connected from 10.0.0.1")
     assert lines[1].endswith(" ERROR app.realtime [WS] handling a frame on c1 failed")
     assert lines[2] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_unfinished_handshake_error_dropped_only_after_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    captured = io.StringIO()
+    monkeypatch.setattr("sys.stderr", captured)
+    configure_logging(json=True)
+    uvicorn = logging.getLogger("uvicorn.error")
+
+    def refused() -> None:
+        HANDSHAKE_REFUSED.set(True)
+        uvicorn.error(UVICORN_INCOMPLETE_HANDSHAKE)
+
+    contextvars.copy_context().run(refused)  # one connection's task: it refused
+    uvicorn.error(UVICORN_INCOMPLETE_HANDSHAKE)  # another's: an app that really failed
+    lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("ERROR", UVICORN_INCOMPLETE_HANDSHAKE)
+    ]

@@ -12,6 +12,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.api.wire import direct_wire, shed_handshake
 from app.config import Settings
+from app.logging import HANDSHAKE_REFUSED
 from app.realtime.handlers import Runtime
 from app.realtime.runner import run_connection
 from app.realtime.transport import DirectWire, TransportClosed
@@ -140,6 +141,7 @@ class WebSocketEndpoint:
 
 async def _deny(scope: Scope, send: Send, status: int, detail: str) -> None:
     """Refuse the handshake with an HTTP status where the server supports it (uvicorn does)."""
+    HANDSHAKE_REFUSED.set(True)  # see app.logging: uvicorn would log the refusal as an error
     if "websocket.http.response" in scope.get("extensions", {}):
         body = ('{"detail": "' + detail + '"}').encode()
         await send(
