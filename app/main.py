@@ -12,6 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.routing import WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -22,7 +24,7 @@ from app.api.routes import groups, health, messages, notifications, web, ws
 from app.bus import Bus, BusEvent, create_bus
 from app.config import Settings, get_settings
 from app.db.hotpath import HotPath
-from app.db.migrate import upgrade_async
+from app.db.migrate import SchemaCheck, database_revision, upgrade_async
 from app.db.repositories.messages import MessageRepository
 from app.db.session import make_engine, make_sessionmaker
 from app.db.sqlite_hotpath import SqliteHotPath, sqlite_file
@@ -99,6 +101,31 @@ class Service(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+async def check_schema(engine: AsyncEngine, schema: SchemaCheck) -> None:
+    """Say at start when the database is not migrated for this version (`/ready` answers 503
+    until it is), or is at a newer version's revision; the service starts either way."""
+    try:
+        async with AsyncSession(engine) as session:
+            await session.execute(text("SELECT 1"))
+            revision = await database_revision(session)
+    except Exception as exc:  # the database is down: /ready says so, and the service retries
+        log.warning("database schema not checked at start: %s", type(exc).__name__)
+        return
+    if not schema.usable(revision):
+        log.error(
+            "database schema at revision %s, this version needs %s: run `python -m app migrate`"
+            " (/ready answers 503 until then)",
+            revision or "none (never migrated)",
+            schema.head,
+        )
+    elif revision != schema.head:
+        log.warning(
+            "database schema at revision %s, newer than this version's %s (a rolling upgrade)",
+            revision,
+            schema.head,
+        )
+
+
 def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> FastAPI:
     settings = settings or get_settings()
     lifecycle = lifecycle or Lifecycle()
@@ -110,6 +137,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         engine = make_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE)
         if settings.embedded:
             await upgrade_async(settings.database_url)
+        schema = SchemaCheck.of_scripts()
+        await check_schema(engine, schema)
         bus = create_bus(settings.REDIS_URL, maxlen=settings.STREAM_MAXLEN)
         await bus.connect()
         sessions = make_sessionmaker(engine)
@@ -173,6 +202,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
                 "runtime": runtime,
                 "presence": presence,
                 "lifecycle": lifecycle,
+                "schema": schema,
                 "ip_limiter": WindowCounter(settings.WS_CONNECT_RATE_PER_IP),
                 "trusted_proxies": ws.trusted_networks(settings),
             }

@@ -1,12 +1,16 @@
-"""/health (liveness, no dependencies) and /ready (database and bus reachable)."""
+"""/health (liveness, no dependencies) and /ready (database reachable and migrated, bus
+reachable)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+
+from app.db.migrate import database_revision
 
 router = APIRouter(tags=["health"])
 
@@ -19,17 +23,18 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "not ready: see `checks`"}})
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: 200 when the database and the bus answer, the fan-out reader advances and
-    the instance is not shutting down; 503 otherwise."""
+    """Readiness: 200 when the database answers and is migrated for this version (`schema`),
+    the bus answers, the fan-out reader advances and the instance is not shutting down; 503
+    otherwise."""
     state = request.state
     checks: dict[str, bool] = {"shutting_down": bool(state.lifecycle.shutting_down)}
-    try:
+    checks["database"] = checks["schema"] = False
+    with contextlib.suppress(Exception):  # what did not answer stays False
         async with asyncio.timeout(2):
             async with state.ctx.sessions() as session:
                 await session.execute(text("SELECT 1"))
-        checks["database"] = True
-    except Exception:
-        checks["database"] = False
+                checks["database"] = True
+                checks["schema"] = state.schema.usable(await database_revision(session))
     try:
         async with asyncio.timeout(2):
             checks["bus"] = bool(await state.ctx.bus.healthy())
