@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from app import __version__
 from app.api.errors import error_responses, install_error_handlers
 from app.api.routes import groups, health, messages, notifications, web, ws
+from app.api.routes.docs import install_docs
 from app.bus import Bus, BusEvent, create_bus
 from app.config import Settings, get_settings
 from app.db.hotpath import HotPath
@@ -233,8 +234,11 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
             '`Authorization: Bearer <JWT>`; errors are `{"detail": ...}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc below, from files the app serves (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     api = "/api/v1"
     every = error_responses(401, 503)  # every /api/v1 route authenticates and stores
     app.include_router(groups.router, prefix=api, responses=every)
