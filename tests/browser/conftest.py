@@ -72,7 +72,8 @@ def new_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Calla
         for number, (page, console) in enumerate(pages, start=1):
             state = "closed"
             if not page.is_closed():
-                state = page.eval_on_selector("#conn-state", "n => n.dataset.state")
+                node = page.query_selector("#conn-state")  # the demo page's indicator
+                state = node.get_attribute("data-state") if node else "no indicator"
             print(f"--- page {number} ({page.url}, connection {state}) console:")
             print("\n".join(console) or "(empty)")
     for context in contexts:
