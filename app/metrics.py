@@ -19,6 +19,11 @@ ONLINE_USERS = Gauge("websocket_online_users", "Users with an open connection he
 DISCONNECTS = Counter(
     "websocket_disconnects_total", "Closed WebSocket connections by close code", ["code", "service"]
 )
+REFUSED = Counter(
+    "websocket_handshakes_refused_total",
+    "WebSocket handshakes refused before the upgrade: origin, rate (per-IP limit), full, shutdown",
+    ["reason", "service"],
+)
 REPLAYED = Counter(
     "websocket_replayed_messages_total", "Messages replayed by resume and sync", ["service"]
 )

@@ -258,6 +258,15 @@ async def error_code(client: WsClient, type: str, data: dict[str, Any] | None) -
     return int(reply["data"]["code"])
 
 
+async def refused(server: ServerProcess, reason: str) -> float:
+    """websocket_handshakes_refused_total{reason} as the server's /metrics says now."""
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        text = (await http.get("/metrics")).text
+    line = rf'^websocket_handshakes_refused_total\{{reason="{reason}",service="[^"]*"\}} (\S+)$'
+    found = re.search(line, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
 async def assert_refusals_logged_at_info(server: ServerProcess) -> None:
     """The refusals are in the server's log as uvicorn's INFO lines, and uvicorn's ERROR
     about an unfinished handshake (which it logs after every refusal) is not."""
@@ -624,21 +633,25 @@ async def test_frame_over_the_size_limit_closes_with_1009(
 async def test_instance_full_refuses_the_handshake_with_503(
     capacity_server: ServerProcess, ws: Opener
 ) -> None:
+    before = await refused(capacity_server, "full")
     first = await ws(capacity_server, uid("alice"))
     await ws(capacity_server)
-    with pytest.raises(InvalidStatus) as refused:
+    with pytest.raises(InvalidStatus) as refusal:
         await WsClient.open(capacity_server.ws_url)
-    assert refused.value.response.status_code == 503
+    assert refusal.value.response.status_code == 503
     assert (await first.request("ping"))["type"] == "pong", "open connections are unaffected"
+    assert await refused(capacity_server, "full") == before + 1
     await assert_refusals_logged_at_info(capacity_server)
 
 
 async def test_origin_check_at_the_handshake(main_server: ServerProcess) -> None:
     url = main_server.ws_url
+    before = await refused(main_server, "origin")
     assert await handshake_status(url, origin="http://evil.example") == 403
     assert await handshake_status(url, origin="http://allowed.example") == 101
     assert await handshake_status(url, origin=f"http://127.0.0.1:{main_server.port}") == 101
     assert await handshake_status(url) == 101
+    assert await refused(main_server, "origin") == before + 1
     await assert_refusals_logged_at_info(main_server)
 
 
@@ -646,6 +659,7 @@ async def test_per_ip_handshake_limit_ignores_forwarded_for_from_untrusted_peers
     proxy_server: ServerProcess,
 ) -> None:
     url = proxy_server.ws_url
+    before = await refused(proxy_server, "rate")
     untrusted = {"local_addr": ("127.0.0.2", 0)}  # a peer that is not in TRUSTED_PROXIES
     for i in range(3):
         headers = {"X-Forwarded-For": f"203.0.113.{i}"}
@@ -654,6 +668,7 @@ async def test_per_ip_handshake_limit_ignores_forwarded_for_from_untrusted_peers
     headers = {"X-Forwarded-For": "198.51.100.7"}
     assert await handshake_status(url, additional_headers=headers, **untrusted) == 429
     assert await handshake_status(url, **untrusted) == 429
+    assert await refused(proxy_server, "rate") == before + 2
     await assert_refusals_logged_at_info(proxy_server)
 
 

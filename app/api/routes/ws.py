@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import Message, Receive, Scope, Send
 
+from app import metrics
 from app.api.wire import direct_wire, shed_handshake
 from app.config import Settings
 from app.logging import HANDSHAKE_REFUSED
@@ -121,16 +122,18 @@ class WebSocketEndpoint:
             origin, settings.WS_ALLOWED_ORIGINS, _header(scope, b"host")
         ):
             log.info("[WS] origin %s refused for %s", origin, ip)
-            await _deny(scope, send, 403, "origin not allowed")
+            await _deny(scope, send, settings, "origin", 403, "origin not allowed")
             return
         if not state["ip_limiter"].allow(ip):
-            await _deny(scope, send, 429, "too many connection attempts, retry later")
+            await _deny(
+                scope, send, settings, "rate", 429, "too many connection attempts, retry later"
+            )
             return
         if state["lifecycle"].shutting_down:
-            await _deny(scope, send, 503, "shutting down")
+            await _deny(scope, send, settings, "shutdown", 503, "shutting down")
             return
         if len(rt.hub.connections) >= settings.WS_MAX_CONNECTIONS:
-            await _deny(scope, send, 503, "instance full")
+            await _deny(scope, send, settings, "full", 503, "instance full")
             return
         await send({"type": "websocket.accept"})
         transport = AsgiTransport(receive, send, direct=settings.WS_DIRECT_WRITES)
@@ -139,8 +142,12 @@ class WebSocketEndpoint:
         await run_connection(transport, rt, remote=ip)
 
 
-async def _deny(scope: Scope, send: Send, status: int, detail: str) -> None:
-    """Refuse the handshake with an HTTP status where the server supports it (uvicorn does)."""
+async def _deny(
+    scope: Scope, send: Send, settings: Settings, reason: str, status: int, detail: str
+) -> None:
+    """Refuse the handshake with an HTTP status where the server supports it (uvicorn does),
+    counted by `reason` in websocket_handshakes_refused_total."""
+    metrics.REFUSED.labels(reason, settings.SERVICE_NAME).inc()
     HANDSHAKE_REFUSED.set(True)  # see app.logging: uvicorn would log the refusal as an error
     if "websocket.http.response" in scope.get("extensions", {}):
         body = ('{"detail": "' + detail + '"}').encode()
