@@ -821,6 +821,7 @@ def test_alert_metrics_exist_in_the_app() -> None:
         "websocket_errors",
         "websocket_message_duration_seconds",
         "websocket_fanout_lag_seconds",
+        "websocket_handshakes_refused_total",
     ):
         assert f'"{name}' in source, name
 
