@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -48,3 +49,7 @@ class WindowCounter:
         count = self._counts.get(key, 0) + 1
         self._counts[key] = count
         return count <= self.limit
+
+    def retry_after(self) -> int:
+        """Whole seconds until the current window ends and every key may try again."""
+        return max(1, math.ceil(self.window - (time.monotonic() - self._started)))

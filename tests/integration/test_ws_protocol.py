@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from jose import jwt
 from starlette.testclient import WebSocketDenialResponse
 from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.config import Settings
@@ -281,11 +282,16 @@ async def assert_refusals_logged_at_info(server: ServerProcess) -> None:
 
 async def handshake_status(url: str, **kwargs: Any) -> int:
     """101 when the upgrade is accepted (the socket is closed again), else the HTTP status."""
+    return (await handshake(url, **kwargs))[0]
+
+
+async def handshake(url: str, **kwargs: Any) -> tuple[int, Headers]:
+    """The handshake's status and, for a refusal, the response headers."""
     try:
         async with connect(url, open_timeout=10, **kwargs):
-            return 101
+            return 101, Headers()
     except InvalidStatus as refused:
-        return refused.response.status_code
+        return refused.response.status_code, refused.response.headers
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -639,6 +645,7 @@ async def test_instance_full_refuses_the_handshake_with_503(
     with pytest.raises(InvalidStatus) as refusal:
         await WsClient.open(capacity_server.ws_url)
     assert refusal.value.response.status_code == 503
+    assert refusal.value.response.headers["Retry-After"] == "1"
     assert (await first.request("ping"))["type"] == "pong", "open connections are unaffected"
     assert await refused(capacity_server, "full") == before + 1
     await assert_refusals_logged_at_info(capacity_server)
@@ -667,7 +674,10 @@ async def test_per_ip_handshake_limit_ignores_forwarded_for_from_untrusted_peers
     # Its X-Forwarded-For is not believed: every handshake counted for 127.0.0.2.
     headers = {"X-Forwarded-For": "198.51.100.7"}
     assert await handshake_status(url, additional_headers=headers, **untrusted) == 429
-    assert await handshake_status(url, **untrusted) == 429
+    status, response_headers = await handshake(url, **untrusted)
+    assert status == 429
+    # The per-IP window is a minute: the client is told when it frees, not "1".
+    assert 1 <= int(response_headers["Retry-After"]) <= 60
     assert await refused(proxy_server, "rate") == before + 2
     await assert_refusals_logged_at_info(proxy_server)
 

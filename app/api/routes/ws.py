@@ -124,10 +124,10 @@ class WebSocketEndpoint:
             log.info("[WS] origin %s refused for %s", origin, ip)
             await _deny(scope, send, settings, "origin", 403, "origin not allowed")
             return
-        if not state["ip_limiter"].allow(ip):
-            await _deny(
-                scope, send, settings, "rate", 429, "too many connection attempts, retry later"
-            )
+        limiter = state["ip_limiter"]
+        if not limiter.allow(ip):
+            detail = "too many connection attempts, retry later"
+            await _deny(scope, send, settings, "rate", 429, detail, limiter.retry_after())
             return
         if state["lifecycle"].shutting_down:
             await _deny(scope, send, settings, "shutdown", 503, "shutting down")
@@ -143,24 +143,28 @@ class WebSocketEndpoint:
 
 
 async def _deny(
-    scope: Scope, send: Send, settings: Settings, reason: str, status: int, detail: str
+    scope: Scope,
+    send: Send,
+    settings: Settings,
+    reason: str,
+    status: int,
+    detail: str,
+    retry_after: int = 1,
 ) -> None:
     """Refuse the handshake with an HTTP status where the server supports it (uvicorn does),
-    counted by `reason` in websocket_handshakes_refused_total."""
+    counted by `reason` in websocket_handshakes_refused_total. A 429 or 503 says when to come
+    back (`Retry-After`, seconds), as REST's do."""
     metrics.REFUSED.labels(reason, settings.SERVICE_NAME).inc()
     HANDSHAKE_REFUSED.set(True)  # see app.logging: uvicorn would log the refusal as an error
     if "websocket.http.response" in scope.get("extensions", {}):
         body = ('{"detail": "' + detail + '"}').encode()
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status in (429, 503):
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})
