@@ -76,49 +76,27 @@ def test_bench_fanout_tiny(tmp_path: Path) -> None:
 def test_bench_pinned_tiny(tmp_path: Path) -> None:
     """--pin puts the server on the first CPU and the load generator on the others, as read
     back from the processes, and names the variant …-pinned."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "bench" / "run.py"),
-        "--quick",
-        "--pin",
-        "--scenarios",
-        "fanout",
-        "--targets",
-        "websockets",
-        "--fanout",
-        "10x5",
-        "--repeats",
-        "1",
-        "--workers",
-        "1",
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--docs",
-        str(tmp_path / "BENCHMARKS.md"),
-        "--no-plots",
-        "--time-limit",
-        "50",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (written,) = list((tmp_path / "results").glob("*.json"))
-    results = json.loads(written.read_text())
-    (run,) = results["runs"]
-    assert "error" not in run, run.get("error")
+    docs = tmp_path / "BENCHMARKS.md"
+    run = tiny_run(tmp_path, "fanout", "--fanout", "10x5", "--pin", target="websockets", docs=docs)
     assert run["variant"] == "fanout-10x5-pinned"
     assert run["metrics"]["deliveries"] == 10 * 5 and run["metrics"]["lost"] == 0
     cpus = sorted(os.sched_getaffinity(0))
     assert run["pin"] == {"server_cpus": cpus[:1], "generator_cpus": cpus[1:]}
-    text = (tmp_path / "BENCHMARKS.md").read_text()
+    text = docs.read_text()
     assert "### fanout-10x5-pinned" in text
     assert f"the server on CPU {cpus[0]}, the load generator on CPU" in text
 
 
-def tiny_run(tmp_path: Path, scenario: str, *size: str) -> dict[str, Any]:
-    """One run of `scenario` on service-embedded at a tiny size (`size`: the scenario's
-    option and value), one generator process; its record from the results file."""
+def tiny_run(
+    tmp_path: Path,
+    scenario: str,
+    *options: str,
+    target: str = "service-embedded",
+    docs: Path | None = None,
+) -> dict[str, Any]:
+    """One run of `scenario` on `target` at a tiny size (`options`: the scenario's size option
+    and value, and any other), one generator process, the docs rendered to `docs` if given;
+    its record from the results file."""
     results_dir = tmp_path / "results"
     cmd = [
         sys.executable,
@@ -127,15 +105,15 @@ def tiny_run(tmp_path: Path, scenario: str, *size: str) -> dict[str, Any]:
         "--scenarios",
         scenario,
         "--targets",
-        "service-embedded",
-        *size,
+        target,
+        *options,
         "--repeats",
         "1",
         "--workers",
         "1",
         "--results-dir",
         str(results_dir),
-        "--no-docs",
+        *(["--no-docs"] if docs is None else ["--docs", str(docs)]),
         "--no-plots",
         "--time-limit",
         "50",

@@ -24,11 +24,13 @@ def project_root() -> Path:
     raise RuntimeError("alembic.ini and alembic/ not found next to the app or in the working dir")
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str | None = None) -> Config:
+    """The project's Alembic configuration, for the database at `url` (none: the scripts only)."""
     root = project_root()
     config = Config(str(root / "alembic.ini"))
     config.set_main_option("script_location", str(root / "alembic"))
-    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     config.attributes["configure_logger"] = False
     return config
 
@@ -61,9 +63,7 @@ class SchemaCheck:
 
     @classmethod
     def of_scripts(cls) -> SchemaCheck:
-        config = Config()
-        config.set_main_option("script_location", str(project_root() / "alembic"))
-        script = ScriptDirectory.from_config(config)
+        script = ScriptDirectory.from_config(alembic_config())
         head = script.get_current_head()
         if head is None:
             raise RuntimeError("alembic/ holds no revision")
